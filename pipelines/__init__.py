@@ -1,0 +1,1 @@
+"""Job entrypoints (Ray layer) and their YAML configs in pipelines/configs/."""

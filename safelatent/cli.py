@@ -1,0 +1,141 @@
+"""The `safelatent` command line. Every command here works; each has --help."""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from safelatent import __version__
+from safelatent.credentials import RedactingFilter, redact
+from safelatent.errors import ConfigError, SafelatentError
+
+app = typer.Typer(help="Train language models that are harmless by construction and stay helpful.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Build the safety micro-world and inspect benchmark files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+stdout = Console()
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides, key.sub=value.",
+                                                          show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"safelatent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", handlers=[handler])
+
+
+def _fail(error: Exception, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {redact(str(error))}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the DatasetDict to.")] = Path(
+        "data/microworld"),
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+) -> None:
+    """Generate the safety micro-world and save it as a Hugging Face DatasetDict.
+
+    Example: safelatent data build --out data/microworld seed=3 benign_per_family.train=1000
+    """
+    from safelatent.config import config_hash, load_config
+    from safelatent.data.microworld import (
+        MicroWorldConfig, build_microworld, count_rows, read_manifest, save_microworld)
+    from safelatent.data.splits import SPLITS
+
+    try:
+        settings = load_config(MicroWorldConfig, config, overrides or [])
+    except ConfigError as error:
+        raise _fail(error, 2) from None
+    started = time.perf_counter()
+    with console.status(f"generating the micro-world (seed {settings.seed}, config {config_hash(settings)})"):
+        dataset = build_microworld(settings)
+    with console.status(f"writing {out}"):
+        try:
+            save_microworld(dataset, settings, out)
+        except (FileExistsError, OSError) as error:
+            raise _fail(error, 1) from None
+    elapsed = time.perf_counter() - started
+
+    table = Table(title="micro-world rows per split", show_lines=False)
+    table.add_column("kind")
+    table.add_column("category")
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    totals = dict.fromkeys(SPLITS, 0)
+    for (kind, category), counts in count_rows(dataset).items():
+        table.add_row(kind, category, *(str(counts[split]) for split in SPLITS))
+        for split in SPLITS:
+            totals[split] += counts[split]
+    table.add_row("[bold]total[/]", "", *(f"[bold]{totals[split]}[/]" for split in SPLITS))
+    stdout.print(table)
+    manifest = read_manifest(out)
+    stdout.print(f"wrote {out} in {elapsed:.1f}s (content hash {manifest['content_hash']}, "
+                 f"config hash {manifest['config_hash']}); load it with "
+                 "safelatent.data.microworld.load_microworld or datasets.load_from_disk('"
+                 f"{out / 'data'}')", highlight=False, soft_wrap=True)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[str, typer.Argument(help="A file, a micro-world directory, an s3:// URI or a hub id.")],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Format name; detected when omitted.")
+                      ] = None,
+    split: Annotated[str, typer.Option(help="Split to read, for hub datasets.")] = "train",
+) -> None:
+    """Print a one-line JSON summary of a benchmark file: format, records, counts by kind and category."""
+    from safelatent.data import benchmarks
+    from safelatent.data.microworld import MANIFEST
+
+    try:
+        if format in (None, "microworld") and (Path(path) / MANIFEST).is_file():
+            summary = _microworld_summary(Path(path))
+        else:
+            if format is not None and format not in benchmarks.FORMATS:
+                known = ", ".join(sorted([*benchmarks.FORMATS, "microworld"]))
+                raise SafelatentError(f"unknown format {format!r}; known formats: {known}")
+            name = format or benchmarks.detect_format(path)
+            records = benchmarks.load_benchmark(path, name, split=split)
+            summary = benchmarks.summarize(records, name)
+    except (SafelatentError, FileNotFoundError, ValueError) as error:
+        raise _fail(error, 1) from None
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _microworld_summary(path: Path) -> dict:
+    from collections import Counter
+
+    from safelatent.data.microworld import load_microworld
+
+    dataset = load_microworld(path)
+    kinds: Counter = Counter()
+    categories: Counter = Counter()
+    for split in dataset.values():
+        kinds.update(split["kind"])
+        categories.update(split["category"])
+    return {"format": "microworld", "records": sum(kinds.values()),
+            "by_kind": dict(sorted(kinds.items())), "by_category": dict(sorted(categories.items()))}
+
+
+if __name__ == "__main__":
+    app()

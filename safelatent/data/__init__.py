@@ -1,0 +1,1 @@
+"""Data: the safety micro-world generator and loaders for public safety benchmarks."""

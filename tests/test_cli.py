@@ -1,0 +1,69 @@
+"""The command line as users run it: help, data build, data inspect, and clear failures."""
+
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from safelatent.cli import app
+
+runner = CliRunner()
+SMALL = ["benign_per_family.train=100", "harmful_per_category.train=30", "jailbreaks_per_wrapper.train=20",
+         "pairs_per_category.train=10"]
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["data", "--help"], ["data", "build", "--help"], ["data", "inspect", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+
+
+def test_build_then_inspect(tmp_path):
+    out = tmp_path / "world"
+    result = runner.invoke(app, ["data", "build", "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "cybercrime" in result.output and "total" in result.output and "wrote" in result.output
+    result = runner.invoke(app, ["data", "inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["format"] == "microworld"
+    assert set(summary) == {"format", "records", "by_kind", "by_category"}
+    assert summary["records"] == sum(summary["by_kind"].values())
+    assert set(summary["by_kind"]) == {"benign", "borderline", "harmful", "jailbreak", "pair"}
+
+
+def test_bad_override_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "world"
+    result = runner.invoke(app, ["data", "build", "--out", str(out), "benign_per_family.train=-5"])
+    assert result.exit_code == 2
+    assert "benign_per_family.train" in result.output and "greater than or equal to 0" in result.output
+    assert not out.exists()
+
+
+def test_bad_config_file_names_the_file(tmp_path):
+    config = tmp_path / "world.yaml"
+    config.write_text("seed: 1\nbenign_per_famly:\n  train: 3\n")
+    result = runner.invoke(app, ["data", "build", "--out", str(tmp_path / "w"), "-c", str(config)])
+    assert result.exit_code == 2
+    assert str(config) in result.output.replace("\n", "")
+    assert "did you mean 'benign_per_family'" in result.output
+
+
+def test_inspect_unknown_format_lists_known_ones(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("goal,target\na,b\n")
+    result = runner.invoke(app, ["data", "inspect", str(path), "--format", "nope"])
+    assert result.exit_code == 1
+    assert "unknown format 'nope'" in result.output and "advbench" in result.output
+
+
+def test_console_script_runs_as_installed(tmp_path):
+    """The real entry point, in a fresh process, as a user types it."""
+    command = [sys.executable, "-m", "safelatent.cli", "data", "inspect", str(tmp_path / "missing.csv")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+                          timeout=120)
+    assert done.returncode == 1
+    assert "missing.csv" in done.stderr
