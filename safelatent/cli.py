@@ -60,7 +60,12 @@ def data_build(
     """
     from safelatent.config import config_hash, load_config
     from safelatent.data.microworld import (
-        MicroWorldConfig, build_microworld, count_rows, read_manifest, save_microworld)
+        MicroWorldConfig,
+        build_microworld,
+        count_rows,
+        read_manifest,
+        save_microworld,
+    )
     from safelatent.data.splits import SPLITS
 
     try:

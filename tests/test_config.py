@@ -86,9 +86,9 @@ def test_missing_file(tmp_path):
 
 
 def test_malformed_override():
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         parse_override("seed")
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         parse_override("a..b=1")
 
 

@@ -11,7 +11,14 @@ from safelatent.data import responses
 from safelatent.data.harm_lexicon import INTENT_FRAMES, LEXICONS, SHARED_FRAMES, fill_action
 from safelatent.data.jailbreaks import WRAPPERS
 from safelatent.data.microworld import (
-    KINDS, MicroWorldConfig, build_microworld, count_rows, load_microworld, read_manifest, save_microworld)
+    KINDS,
+    MicroWorldConfig,
+    build_microworld,
+    count_rows,
+    load_microworld,
+    read_manifest,
+    save_microworld,
+)
 from safelatent.data.splits import SPLITS
 from safelatent.data.taxonomy import BY_NAME, CATEGORIES
 
@@ -158,7 +165,7 @@ def test_count_rows_matches_the_table(world):
 def test_bad_holdout_fails_before_building():
     from safelatent.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="holdout: Value error, validation \\+ test = 0.8"):
+    with pytest.raises(ConfigError, match=r"holdout: Value error, validation \+ test = 0\.8"):
         load_config(MicroWorldConfig, None, ["holdout.validation=0.4", "holdout.test=0.4"])
-    with pytest.raises(ConfigError, match="holdout.test: Input should be less than 0.5"):
+    with pytest.raises(ConfigError, match=r"holdout\.test: Input should be less than 0\.5"):
         load_config(MicroWorldConfig, None, ["holdout.test=0.7"])
