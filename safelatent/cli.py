@@ -72,6 +72,7 @@ def data_build(
         settings = load_config(MicroWorldConfig, config, overrides or [])
     except ConfigError as error:
         raise _fail(error, 2) from None
+    _quiet_datasets()
     started = time.perf_counter()
     with console.status(f"generating the micro-world (seed {settings.seed}, config {config_hash(settings)})"):
         dataset = build_microworld(settings)
@@ -125,6 +126,13 @@ def data_inspect(
     except (SafelatentError, FileNotFoundError, ValueError) as error:
         raise _fail(error, 1) from None
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _quiet_datasets() -> None:
+    """Our own status line shows progress; the per-shard bars of `datasets` would only repeat it."""
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def _microworld_summary(path: Path) -> dict:

@@ -23,7 +23,6 @@ from safelatent.data.benchmarks import (
 from safelatent.data.records import KINDS, PromptRecord
 from safelatent.errors import ConfigError, DataFormatError
 from safelatent.storage import ENDPOINT_ENV_VAR, s3_client, upload
-from tests.test_storage import start_moto_server, use_dummy_credentials
 
 ADVBENCH_FIRST_TARGET = (
     "Sure, here is a script that can exploit vulnerabilities in a software or operating system"
@@ -447,15 +446,7 @@ def test_undetectable_format_lists_the_columns_and_the_known_formats(tmp_path):
 # --- S3 and Hugging Face sources -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server, endpoint_url = start_moto_server()
-    yield endpoint_url
-    server.stop()
-
-
-def test_s3_source_is_downloaded_and_named_by_its_uri(s3_endpoint, monkeypatch, tmp_path):
-    use_dummy_credentials(monkeypatch, tmp_path)
+def test_s3_source_is_downloaded_and_named_by_its_uri(s3_endpoint, aws_test_credentials, monkeypatch, tmp_path):
     s3_client(s3_endpoint).create_bucket(Bucket="benchmarks")
     upload(write(tmp_path, "harmful_behaviors.csv", ADVBENCH), "s3://benchmarks/advbench/", s3_endpoint)
     uri = "s3://benchmarks/advbench/harmful_behaviors.csv"
@@ -472,8 +463,7 @@ def test_s3_source_is_downloaded_and_named_by_its_uri(s3_endpoint, monkeypatch, 
         load_benchmark("s3://benchmarks/absent.csv", "advbench", endpoint_url=s3_endpoint)
 
 
-def test_s3_hh_rlhf_kind_and_errors_come_from_the_uri(s3_endpoint, monkeypatch, tmp_path):
-    use_dummy_credentials(monkeypatch, tmp_path)
+def test_s3_hh_rlhf_kind_and_errors_come_from_the_uri(s3_endpoint, aws_test_credentials, monkeypatch, tmp_path):
     monkeypatch.setenv(ENDPOINT_ENV_VAR, s3_endpoint)
     s3_client().create_bucket(Bucket="hh-rlhf")
     upload(write(tmp_path, "good.jsonl", hh_line()), "s3://hh-rlhf/harmless-base/train.jsonl")

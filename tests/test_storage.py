@@ -7,39 +7,10 @@ from safelatent.errors import SafelatentError
 from safelatent.storage import download, parse_s3_uri, s3_client, upload
 
 
-def start_moto_server():
-    """Start an in-process S3 stand-in on a free loopback port; returns (server, endpoint_url)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
-
-
-def use_dummy_credentials(monkeypatch, tmp_path):
-    """Point boto3 at fake credentials only, so no real account or config file can be touched."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", storage.ENDPOINT_ENV_VAR):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server, endpoint_url = start_moto_server()
-    yield endpoint_url
-    server.stop()
-
-
 @pytest.fixture
-def bucket(endpoint, monkeypatch, tmp_path, request):
-    use_dummy_credentials(monkeypatch, tmp_path)
+def bucket(s3_endpoint, aws_test_credentials, request):
     name = "storage-" + request.node.name.replace("_", "-").lower()[:40].rstrip("-")
-    s3_client(endpoint).create_bucket(Bucket=name)
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
     return name
 
 
@@ -61,8 +32,7 @@ def test_parse_s3_uri_rejects_missing_bucket():
         parse_s3_uri("s3:///key")
 
 
-def test_endpoint_comes_from_argument_then_safelatent_variable_then_boto3(monkeypatch, tmp_path):
-    use_dummy_credentials(monkeypatch, tmp_path)
+def test_endpoint_comes_from_argument_then_safelatent_variable_then_boto3(aws_test_credentials, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9003")
     assert s3_client().meta.endpoint_url == "http://127.0.0.1:9003"
     monkeypatch.setenv(storage.ENDPOINT_ENV_VAR, "http://127.0.0.1:9002")
@@ -70,32 +40,32 @@ def test_endpoint_comes_from_argument_then_safelatent_variable_then_boto3(monkey
     assert s3_client("http://127.0.0.1:9001").meta.endpoint_url == "http://127.0.0.1:9001"
 
 
-def test_file_round_trip(endpoint, bucket, tmp_path):
+def test_file_round_trip(s3_endpoint, bucket, tmp_path):
     local = tmp_path / "benchmark.csv"
     local.write_text("goal,target\nsay hi,Sure\n", encoding="utf-8")
 
-    assert upload(local, f"s3://{bucket}/data/benchmark.csv", endpoint) == [
+    assert upload(local, f"s3://{bucket}/data/benchmark.csv", s3_endpoint) == [
         f"s3://{bucket}/data/benchmark.csv"
     ]
-    fetched = download(f"s3://{bucket}/data/benchmark.csv", tmp_path / "fetched", endpoint)
+    fetched = download(f"s3://{bucket}/data/benchmark.csv", tmp_path / "fetched", s3_endpoint)
 
     assert fetched == tmp_path / "fetched" / "benchmark.csv"
     assert fetched.read_text(encoding="utf-8") == "goal,target\nsay hi,Sure\n"
 
 
-def test_file_uploaded_to_a_prefix_keeps_its_name(endpoint, bucket, tmp_path):
+def test_file_uploaded_to_a_prefix_keeps_its_name(s3_endpoint, bucket, tmp_path):
     local = tmp_path / "notes.txt"
     local.write_text("n", encoding="utf-8")
-    assert upload(local, f"s3://{bucket}/inbox/", endpoint) == [f"s3://{bucket}/inbox/notes.txt"]
+    assert upload(local, f"s3://{bucket}/inbox/", s3_endpoint) == [f"s3://{bucket}/inbox/notes.txt"]
 
 
-def test_directory_round_trip_keeps_relative_paths(endpoint, bucket, tmp_path, monkeypatch):
+def test_directory_round_trip_keeps_relative_paths(s3_endpoint, bucket, tmp_path, monkeypatch):
     model = tmp_path / "model"
     (model / "tokenizer").mkdir(parents=True)
     (model / "config.json").write_text('{"layers": 2}', encoding="utf-8")
     (model / "weights.bin").write_bytes(bytes(range(256)))
     (model / "tokenizer" / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
-    monkeypatch.setenv(storage.ENDPOINT_ENV_VAR, endpoint)  # no endpoint argument: the variable is used
+    monkeypatch.setenv(storage.ENDPOINT_ENV_VAR, s3_endpoint)  # no s3_endpoint argument: the variable is used
 
     written = upload(model, f"s3://{bucket}/runs/7/model")
     assert sorted(written) == [
@@ -114,21 +84,21 @@ def test_directory_round_trip_keeps_relative_paths(endpoint, bucket, tmp_path, m
         assert (fetched / "tokenizer" / "vocab.txt").read_text(encoding="utf-8") == "a\nb\n"
 
 
-def test_missing_object_names_the_uri_and_the_endpoint(endpoint, bucket, tmp_path):
+def test_missing_object_names_the_uri_and_the_endpoint(s3_endpoint, bucket, tmp_path):
     uri = f"s3://{bucket}/nowhere/file.csv"
     with pytest.raises(FileNotFoundError) as raised:
-        download(uri, tmp_path, endpoint)
+        download(uri, tmp_path, s3_endpoint)
     message = str(raised.value)
     assert uri in message
-    assert endpoint in message
+    assert s3_endpoint in message
 
 
-def test_missing_bucket_names_the_uri_and_the_endpoint(endpoint, bucket, tmp_path):
+def test_missing_bucket_names_the_uri_and_the_endpoint(s3_endpoint, bucket, tmp_path):
     uri = "s3://no-such-bucket-here/file.csv"
     with pytest.raises(FileNotFoundError, match="bucket 'no-such-bucket-here' does not exist") as raised:
-        download(uri, tmp_path, endpoint)
+        download(uri, tmp_path, s3_endpoint)
     assert uri in str(raised.value)
-    assert endpoint in str(raised.value)
+    assert s3_endpoint in str(raised.value)
 
 
 def test_upload_of_a_missing_local_path_says_so(bucket, tmp_path):
@@ -136,8 +106,8 @@ def test_upload_of_a_missing_local_path_says_so(bucket, tmp_path):
         upload(tmp_path / "absent.csv", f"s3://{bucket}/absent.csv")
 
 
-def test_keys_that_climb_out_of_the_destination_are_refused(endpoint, bucket, tmp_path):
-    s3_client(endpoint).put_object(Bucket=bucket, Key="evil/../../escape.txt", Body=b"x")
+def test_keys_that_climb_out_of_the_destination_are_refused(s3_endpoint, bucket, tmp_path):
+    s3_client(s3_endpoint).put_object(Bucket=bucket, Key="evil/../../escape.txt", Body=b"x")
     with pytest.raises(SafelatentError, match="points outside"):
-        download(f"s3://{bucket}/evil/", tmp_path / "safe", endpoint)
+        download(f"s3://{bucket}/evil/", tmp_path / "safe", s3_endpoint)
     assert not (tmp_path / "escape.txt").exists()
