@@ -1,0 +1,1 @@
+"""Models: loading and saving Hugging Face causal LMs, generation, residual-stream hooks, value heads, LoRA."""
