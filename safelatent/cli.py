@@ -47,6 +47,23 @@ def _fail(error: Exception, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def default_config(name: str) -> Path:
+    """A config file shipped with the project (pipelines/configs/NAME), wherever it is installed."""
+    from importlib.resources import files
+
+    return Path(str(files("pipelines") / "configs" / name))
+
+
+def _load_settings(config_class: type, path: Optional[Path], overrides: Optional[list[str]]):
+    """Load and validate a config, or exit with code 2 before anything starts."""
+    from safelatent.config import load_config
+
+    try:
+        return load_config(config_class, path, overrides or [])
+    except ConfigError as error:
+        raise _fail(error, 2) from None
+
+
 @data_app.command("build")
 def data_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the DatasetDict to.")] = Path(
