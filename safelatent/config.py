@@ -11,6 +11,7 @@ credentials are read from the environment (see `safelatent.credentials`).
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from safelatent.errors import ConfigError
 
-SECRET_KEY_WORDS = ("secret", "password", "passwd", "token", "api_key", "apikey", "access_key",
-                    "credential", "private_key")
+# A key is secret-like when its last word names a credential: `token`, `hf_token`, `aws_secret_access_key`,
+# `db_password`; but not `max_new_tokens` or `tokenizer`, which only contain such a word.
+_SECRET_KEY = re.compile(
+    r"(^|_)(secret|secrets|password|passwd|token|api_key|apikey|access_key|secret_key|credential|credentials"
+    r"|private_key|auth)$"
+)
 
 
 class Config(BaseModel):
@@ -127,8 +132,7 @@ def _set_nested(raw: dict[str, Any], keys: tuple[str, ...], value: Any, text: st
 
 
 def _looks_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in SECRET_KEY_WORDS)
+    return _SECRET_KEY.search(key.lower().replace("-", "_")) is not None
 
 
 def _refuse_secrets(raw: Any, source: str | None, prefix: str = "") -> None:

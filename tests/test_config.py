@@ -97,7 +97,8 @@ def test_override_into_a_scalar_is_refused():
         load_config(Example, None, ["seed=1", "seed.inner=2"])
 
 
-@pytest.mark.parametrize("key", ["aws_secret_access_key", "api_key", "hf_token", "db_password"])
+@pytest.mark.parametrize("key", ["aws_secret_access_key", "api_key", "hf_token", "db_password", "token",
+                                 "OPENAI-API-KEY"])
 def test_secret_keys_are_refused_without_echoing_the_value(tmp_path, key):
     path = write(tmp_path, f"optimizer:\n  {key}: hunter2-very-secret\n")
     with pytest.raises(ConfigError) as caught:
@@ -140,3 +141,11 @@ def test_overriding_one_nested_key_keeps_its_siblings(tmp_path):
     assert load_config(WithRequiredSection, None, ["sizes.train=50"]).sizes == Sizes(train=50, test=2)
     path = write(tmp_path, "sizes:\n  test: 7\n")
     assert load_config(WithRequiredSection, path, ["sizes.train=1"]).sizes == Sizes(train=1, test=7)
+
+
+def test_names_that_only_contain_a_secret_word_are_ordinary_keys():
+    class Generation(Config):
+        max_new_tokens: int = 64
+        tokenizer: str = "bpe"
+
+    assert load_config(Generation, None, ["max_new_tokens=8", "tokenizer=wordpiece"]).max_new_tokens == 8

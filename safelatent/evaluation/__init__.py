@@ -1,0 +1,1 @@
+"""Evaluation: generate replies, judge them, and report harmlessness, over-refusal and helpfulness with intervals."""
