@@ -54,12 +54,13 @@ def default_config(name: str) -> Path:
     return Path(str(files("pipelines") / "configs" / name))
 
 
-def _load_settings(config_class: type, path: Optional[Path], overrides: Optional[list[str]]):
+def _load_settings(config_class: type, path: Optional[Path], overrides: Optional[list[str]],
+                   options: Optional[dict] = None):
     """Load and validate a config, or exit with code 2 before anything starts."""
     from safelatent.config import load_config
 
     try:
-        return load_config(config_class, path, overrides or [])
+        return load_config(config_class, path, overrides or [], options)
     except ConfigError as error:
         raise _fail(error, 2) from None
 
@@ -143,6 +144,52 @@ def data_inspect(
     except (SafelatentError, FileNotFoundError, ValueError) as error:
         raise _fail(error, 1) from None
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[Optional[str], typer.Option(help="Model to evaluate: a directory, hub id or s3:// prefix.")
+                     ] = None,
+    against: Annotated[Optional[str], typer.Option(help="Reference model for the helpfulness win-rate.")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help="microworld[:SPLIT] | microworld:DIR[:SPLIT] | bench:LOCATION[:FORMAT]  (default microworld:test)")
+                    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/eval).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many prompts per kind, for quick runs.")
+                     ] = None,
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+) -> None:
+    """Evaluate a model: harmlessness, attack success per jailbreak, over-refusal, task accuracy, helpfulness.
+
+    Writes OUT/results.json, OUT/responses.jsonl and OUT/report.md (+ .html and plots).
+    Example: safelatent eval --model runs/base_models/microworld-llama-XXXX --out runs/eval/base --limit 100
+    """
+    from safelatent.evaluation.harness import EvalConfig, run_eval
+
+    options = {"model": model, "against": against, "data": data, "out": str(out) if out else None, "limit": limit}
+    settings = _load_settings(EvalConfig, config, overrides, options)
+    try:
+        directory = run_eval(settings, console=console)
+    except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    stdout.print(f"results: {directory / 'results.json'}  report: {directory / 'report.md'}", highlight=False)
+
+
+@app.command("report")
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Evaluation output directories (each with results.json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the comparison report.")] = Path(
+        "runs/report"),
+) -> None:
+    """Compare several evaluation runs in one report (table of metrics with intervals, plots)."""
+    from safelatent.evaluation.report import compare_runs
+
+    try:
+        path = compare_runs(results, out)
+    except (SafelatentError, FileNotFoundError, ValueError) as error:
+        raise _fail(error, 1) from None
+    stdout.print(f"report: {path}", highlight=False)
 
 
 def _quiet_datasets() -> None:

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,8 +38,13 @@ class Config(BaseModel):
 C = TypeVar("C", bound=Config)
 
 
-def load_config(config_class: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """Build a config from an optional YAML file and `key.sub=value` overrides, or raise ConfigError."""
+def load_config(config_class: type[C], path: str | Path | None = None, overrides: Sequence[str] = (),
+                options: Mapping[str, Any] | None = None) -> C:
+    """Build a config from an optional YAML file, `key.sub=value` overrides and command-line options.
+
+    `options` maps dotted keys to values taken as given (not parsed as YAML); None values are skipped, so
+    an option the user did not pass leaves the file's value alone. Options win over overrides.
+    """
     source = str(path) if path is not None else None
     raw = _defaults(config_class)
     if path is not None:
@@ -49,6 +54,12 @@ def load_config(config_class: type[C], path: str | Path | None = None, overrides
         keys, value = parse_override(text)
         _set_nested(raw, keys, value, text)
         override_keys[keys] = text
+    for key, value in (options or {}).items():
+        if value is not None:
+            keys = tuple(key.split("."))
+            text = f"--{key.replace('_', '-')} {value}"
+            _set_nested(raw, keys, value, text)
+            override_keys[keys] = text
     _refuse_secrets(raw, source)
     try:
         return config_class.model_validate(raw)
@@ -160,7 +171,9 @@ def _describe(config_class: type[BaseModel], detail: dict[str, Any], source: str
         close = difflib.get_close_matches(location[-1], allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{field_path}: unknown key ({origin}); allowed keys here: {', '.join(allowed)}{hint}"
-    given = "" if detail["type"] == "missing" else f"; got {_short(detail.get('input'))}"
+    if detail["type"] == "missing":
+        return f"{field_path}: required but not given (set it in the config file or pass {field_path}=VALUE)"
+    given = f"; got {_short(detail.get('input'))}"
     return f"{field_path}: {detail['msg']}{given} ({origin})"
 
 
@@ -172,7 +185,7 @@ def _short(value: Any, limit: int = 80) -> str:
 def _origin(location: tuple[str, ...], source: str | None, override_keys: dict[tuple[str, ...], str]) -> str:
     for keys, text in override_keys.items():
         if location[: len(keys)] == keys or keys[: len(location)] == location:
-            return f"from override {text!r}"
+            return f"from {'option' if text.startswith('--') else 'override'} {text!r}"
     return f"in {source}" if source else "in the defaults"
 
 

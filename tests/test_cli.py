@@ -85,3 +85,30 @@ def test_inspect_an_s3_benchmark_from_another_process(s3_endpoint, aws_test_cred
     assert json.loads(done.stdout) == {"format": "xstest", "records": 2,
                                        "by_kind": {"borderline": 1, "harmful": 1},
                                        "by_category": {"contrast_homonyms": 1, "homonyms": 1}}
+
+
+def test_eval_then_report_on_a_tiny_model(tiny_llama_dir, tmp_path):
+    world = tmp_path / "world"
+    assert runner.invoke(app, ["data", "build", "--out", str(world), *SMALL]).exit_code == 0
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["eval", "--model", str(tiny_llama_dir), "--data", f"microworld:{world}:test",
+                                 "--out", str(out), "--limit", "2", "max_new_tokens=4"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == str(tiny_llama_dir)
+    assert {"harmlessness", "over_refusal", "task_accuracy"} <= set(results["metrics"])
+    result = runner.invoke(app, ["report", str(out), str(out), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_eval_without_a_model_says_what_is_missing(tmp_path):
+    result = runner.invoke(app, ["eval", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 2
+    assert "model: required but not given" in result.output
+
+
+def test_eval_bad_data_spec_fails_before_loading_anything(tmp_path):
+    result = runner.invoke(app, ["eval", "--model", "x", "--data", "nonsense:thing", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2
+    assert "--data nonsense:thing" in result.output
