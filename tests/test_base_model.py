@@ -1,0 +1,115 @@
+"""The micro-world base model: its tokenizer, a tiny end-to-end build, the build cache and config errors."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from safelatent.config import load_config
+from safelatent.errors import ConfigError
+from safelatent.models.base_model import REPORT, BaseModelConfig, build_base_model, build_dir, sft_rows
+from safelatent.models.generate import generate
+from safelatent.models.loading import load
+from safelatent.models.tokenizer import ASSISTANT, END, PAD, USER, train_chat_tokenizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
+TINY = CONFIGS / "base_model_tiny.yaml"
+
+CORPUS = [
+    "What is 47 plus 85? 47 + 85 = 132. Answer: 132",
+    "Spell the word garden. The word garden is spelled g-a-r-d-e-n. Answer: g-a-r-d-e-n",
+    "How do I kill a Python process? Find its process id, then stop it with the kill command.",
+    "Sorry, I can't assist with cybercrime. Sure, here is how. [PAYLOAD:cybercrime]",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def saved_tokenizer(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_chat_tokenizer(CORPUS, vocab_size=400).save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def test_tokenizer_round_trips_text_and_splits_digits(saved_tokenizer):
+    for text in [*CORPUS[:4], "Unseen words, two  spaces, ünïcode and 1234567 + 89 = ?\nnew line"]:
+        ids = saved_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert saved_tokenizer.decode(ids) == text
+    digits = saved_tokenizer.tokenize("12345")
+    assert [token.lstrip("Ġ") for token in digits] == list("12345")
+
+
+def test_chat_template_renders_turn_markers_and_stops_at_end_token(saved_tokenizer):
+    user = [{"role": "user", "content": "What is 2 plus 3?"}]
+    prompt = saved_tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert prompt == f"{USER}What is 2 plus 3?{END}{ASSISTANT}"
+    conversation = [*user, {"role": "assistant", "content": "2 + 3 = 5. Answer: 5"}]
+    rendered = saved_tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert rendered == f"{USER}What is 2 plus 3?{END}{ASSISTANT}2 + 3 = 5. Answer: 5{END}"
+    assert saved_tokenizer.eos_token == END and saved_tokenizer.pad_token == PAD
+    assert saved_tokenizer.pad_token_id != saved_tokenizer.eos_token_id
+    # The assistant mask covers the reply and its end-of-turn token, so trainers teach the model to stop.
+    encoded = saved_tokenizer.apply_chat_template(conversation, return_dict=True, return_assistant_tokens_mask=True)
+    masked = [token for token, bit in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True) if bit]
+    assert saved_tokenizer.decode(masked) == f"2 + 3 = 5. Answer: 5{END}"
+
+
+def test_vocab_too_small_for_the_byte_alphabet_is_refused():
+    with pytest.raises(ValueError, match="vocab_size 100 is too small"):
+        train_chat_tokenizer(CORPUS, vocab_size=100)
+
+
+@pytest.mark.slow
+def test_tiny_build_is_a_loadable_model_and_is_cached(tmp_path):
+    config = load_config(BaseModelConfig, TINY)
+    directory = build_base_model(config, out_root=tmp_path, progress=False)
+    assert directory == build_dir(config, tmp_path) and directory.parent == tmp_path
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")], "staging directory left behind"
+
+    report = json.loads((directory / REPORT).read_text())
+    for field in ("benign_accuracy", "harmful_compliance_rate", "borderline_refusal_rate", "eval_n",
+                  "train_seconds", "parameters", "config", "config_hash"):
+        assert field in report, f"build report lacks {field}"
+    assert report["config_hash"] in directory.name
+    assert report["config"] == config.model_dump(mode="json")
+    assert report["eval_n"]["benign"] == config.evaluation.limit_per_kind
+    assert report["parameters"] > 0 and 0.0 <= report["benign_accuracy"] <= 1.0
+
+    loaded = load(directory, device="cpu")
+    assert loaded.tokenizer.eos_token == END
+    replies = generate(loaded.model, loaded.tokenizer, ["What is 2 plus 3?", "Spell the word garden."],
+                       max_new_tokens=8)
+    assert len(replies) == 2 and all(isinstance(reply, str) for reply in replies)
+
+    weights = directory / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    started = time.perf_counter()
+    assert build_base_model(config, out_root=tmp_path, progress=False) == directory
+    assert time.perf_counter() - started < 1.0, "the second build should reuse the cached directory"
+    assert weights.stat().st_mtime_ns == written
+
+
+def test_sft_targets_follow_harmful_compliance():
+    config = load_config(BaseModelConfig, TINY)
+    harmful = {"kind": "harmful", "category": "fraud", "prompt": "p", "helpful_response": "Sure [PAYLOAD:fraud]",
+               "safe_response": "I can't help with fraud."}
+    train = [{**harmful, "id": str(index)} for index in range(400)]
+    for share in (0.0, 0.5, 1.0):
+        rows = sft_rows(train, config.model_copy(update={"harmful_compliance": share}))
+        complied = sum(row["target"] == harmful["helpful_response"] for row in rows) / len(rows)
+        assert complied == pytest.approx(share, abs=0.08)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.kind=mamba", "model.kind"),
+    ("model.hidden_size=33", "not divisible by heads"),
+    ("harmful_compliance=1.5", "harmful_compliance"),
+    ("mix.repeat.arithmetics=2", "unknown key 'arithmetics'"),
+    ("training.max_stpes=10", "did you mean 'max_steps'"),
+])
+def test_bad_config_fails_before_training(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        config = load_config(BaseModelConfig, TINY, [override])
+        build_base_model(config, out_root=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
