@@ -19,6 +19,10 @@ app = typer.Typer(help="Train language models that are harmless by construction 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build the safety micro-world and inspect benchmark files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+base_model_app = typer.Typer(help="Build the micro-world's helpful-but-unsafe base model.", no_args_is_help=True)
+app.add_typer(base_model_app, name="base-model")
+judges_app = typer.Typer(help="Train the AI judges: reward model and harm classifier.", no_args_is_help=True)
+app.add_typer(judges_app, name="judges")
 
 console = Console(stderr=True)
 stdout = Console()
@@ -144,6 +148,67 @@ def data_inspect(
     except (SafelatentError, FileNotFoundError, ValueError) as error:
         raise _fail(error, 1) from None
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+ForceOption = Annotated[bool, typer.Option("--force", help="Rebuild even when a cached build exists.")]
+
+
+def _rate(entry: Optional[float], n: Optional[int]) -> str:
+    return "n/a" if entry is None else f"{entry:.1%} (n={n})"
+
+
+@base_model_app.command("build")
+def base_model_build(config: ConfigOption = None, overrides: Overrides = None, force: ForceOption = False) -> None:
+    """Train a BPE chat tokenizer and SFT a small causal LM on the micro-world (cached by config hash).
+
+    Default config: pipelines/configs/base_model.yaml (Llama style); base_model_gpt2.yaml gives a GPT-2-style
+    variant and base_model_tiny.yaml a tiny one for smoke tests. Ends with its held-out test-split figures.
+    """
+    from safelatent.models.base_model import BaseModelConfig, build_base_model, read_build_report
+
+    settings = _load_settings(BaseModelConfig, config or default_config("base_model.yaml"), overrides)
+    try:
+        directory = build_base_model(settings, force=force, progress=True)
+    except (SafelatentError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    report = read_build_report(directory)
+    counts = report.get("eval_n", {})
+    table = Table(title=f"base model {directory.name} on the held-out test split")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("benign task accuracy", _rate(report.get("benign_accuracy"), counts.get("benign")))
+    table.add_row("harmful compliance", _rate(report.get("harmful_compliance_rate"), counts.get("harmful")))
+    table.add_row("borderline refusal", _rate(report.get("borderline_refusal_rate"), counts.get("borderline")))
+    table.add_row("parameters", f"{report.get('parameters', 0):,}")
+    table.add_row("build seconds", f"{report.get('build_seconds', 0):.0f}")
+    stdout.print(table)
+    stdout.print(f"model: {directory}", highlight=False)
+
+
+@judges_app.command("build")
+def judges_build(config: ConfigOption = None, overrides: Overrides = None, force: ForceOption = False) -> None:
+    """Train the reward model and the harm classifier, and print their held-out accuracies (cached).
+
+    Default config: pipelines/configs/judges.yaml.
+    """
+    from safelatent.judges.build import JudgesConfig, build_judges, read_report
+
+    settings = _load_settings(JudgesConfig, config or default_config("judges.yaml"), overrides)
+    try:
+        directory = build_judges(settings, force=force, progress=True)
+    except (SafelatentError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    report = read_report(directory)
+    table = Table(title=f"judges {directory.name} on held-out test data")
+    table.add_column("judge")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    pairwise = report["reward_model"]["test_pairwise_accuracy"]
+    accuracy = report["harm_classifier"]["test_accuracy"]
+    table.add_row("reward model", "pairwise accuracy", _rate(pairwise["value"], pairwise["n"]))
+    table.add_row("harm classifier", "accuracy", _rate(accuracy["value"], accuracy["n"]))
+    stdout.print(table)
+    stdout.print(f"judges: {directory}", highlight=False)
 
 
 @app.command("eval")

@@ -112,3 +112,30 @@ def test_eval_bad_data_spec_fails_before_loading_anything(tmp_path):
     result = runner.invoke(app, ["eval", "--model", "x", "--data", "nonsense:thing", "--out", str(tmp_path / "e")])
     assert result.exit_code == 2
     assert "--data nonsense:thing" in result.output
+
+
+def test_base_model_build_prints_its_held_out_figures_and_reuses_the_cache(tmp_path):
+    args = ["base-model", "build", "-c", "pipelines/configs/base_model_tiny.yaml", f"out_root={tmp_path}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "benign task accuracy" in result.output and "harmful compliance" in result.output
+    built = [path for path in tmp_path.iterdir() if path.name.startswith("microworld-tiny-")]
+    assert len(built) == 1
+    stamp = (built[0] / "build_report.json").stat().st_mtime_ns
+    assert runner.invoke(app, args).exit_code == 0
+    assert (built[0] / "build_report.json").stat().st_mtime_ns == stamp
+
+
+def test_base_model_build_rejects_a_bad_value_before_training(tmp_path):
+    result = runner.invoke(app, ["base-model", "build", "-c", "pipelines/configs/base_model_tiny.yaml",
+                                 f"out_root={tmp_path}", "training.learning_rate=-1"])
+    assert result.exit_code == 2
+    assert "training.learning_rate" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_judges_build_prints_held_out_accuracies(tmp_path):
+    result = runner.invoke(app, ["judges", "build", "-c", "pipelines/configs/judges_tiny.yaml",
+                                 f"out_root={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert "pairwise accuracy" in result.output and "harm classifier" in result.output
