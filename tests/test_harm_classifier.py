@@ -42,6 +42,11 @@ def test_training_separates_compliance_from_refusal(tiny_llama_dir, examples, tm
     assert classifier.is_harmful([prompt], [response]) == [probability >= SETTINGS.threshold]
     assert classifier.is_harmful([prompt], [response], threshold=probability + 1e-4) == [False]
 
+    # The same seed gives the same classifier (BPE-dropout and obfuscation included), so builds are reproducible.
+    again = train_harm_classifier(tiny_llama_dir, examples["train"], SETTINGS, version="harm-test", device="cpu",
+                                  progress=False)
+    assert again.predict_proba(prompts[:8], responses[:8]) == classifier.predict_proba(prompts[:8], responses[:8])
+
     classifier.save(tmp_path / "harm")
     loaded = HarmClassifier.load(tmp_path / "harm", device="cpu")
     assert loaded.version == "harm-test" and loaded.threshold == SETTINGS.threshold

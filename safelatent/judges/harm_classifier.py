@@ -120,7 +120,7 @@ def train_harm_classifier(backbone: str | Path, examples: Sequence[HarmExample],
     max_length = usable_length(model, settings.max_length)
     sequences = encode_exchanges(tokenizer, [example.prompt for example in examples],
                                  [example.response for example in examples], max_length,
-                                 bpe_dropout=settings.bpe_dropout)
+                                 bpe_dropout=settings.bpe_dropout, seed=seed)
     targets = [example.label for example in examples]
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))

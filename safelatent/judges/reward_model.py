@@ -111,9 +111,9 @@ def train_reward_model(backbone: str | Path, pairs: Sequence[PreferencePair], se
     prompts = [pair.prompt for pair in pairs]
     train_dataset = datasets.Dataset.from_dict({
         "chosen_ids": encode_exchanges(tokenizer, prompts, [pair.chosen for pair in pairs], max_length,
-                                       bpe_dropout=settings.bpe_dropout),
+                                       bpe_dropout=settings.bpe_dropout, seed=seed),
         "rejected_ids": encode_exchanges(tokenizer, prompts, [pair.rejected for pair in pairs], max_length,
-                                         bpe_dropout=settings.bpe_dropout),
+                                         bpe_dropout=settings.bpe_dropout, seed=seed + 1),
     })
     on_gpu = resolve_device(device).type == "cuda"
     with tempfile.TemporaryDirectory(prefix="safelatent-reward-") as scratch:

@@ -5,19 +5,21 @@ response exactly as the policy writes it. Over-long exchanges keep their last `m
 of a reply (a refusal, a payload, a final answer) is what a judge most needs. The classifier reads the
 last non-padding token, as Hugging Face sequence classifiers for causal LMs do.
 
-Training text can be tokenized with BPE-dropout (Provilkov et al., 2020): each merge is skipped with
-probability p, so words also appear split into smaller pieces. Held-out prompts are full of words the
+Training text can be tokenized with BPE-dropout (Provilkov et al., 2020): each token is rebuilt from its
+characters by the tokenizer's own merges in rank order, every candidate merge being skipped with
+probability p at each step, so words also appear in smaller pieces. Held-out prompts are full of words the
 tokenizer never merged (new lexicon entries, leetspeak); a judge trained this way has seen such pieces.
+It runs here, with Python's seeded generator, so the same seed gives the same judges.
 """
 
+import itertools
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import models as tokenizer_models
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
@@ -33,38 +35,65 @@ def exchange_text(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str
 
 
 def encode_exchanges(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str],
-                     max_length: int, *, bpe_dropout: float = 0.0) -> list[list[int]]:
+                     max_length: int, *, bpe_dropout: float = 0.0, seed: int = 0) -> list[list[int]]:
     """Token ids of each exchange, keeping the last `max_length` tokens of a longer one.
 
-    `bpe_dropout` > 0 (training only) segments words at random; scoring always tokenizes deterministically.
+    `bpe_dropout` > 0 (training only) cuts tokens into pieces at random, seeded by `seed`.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"one response per prompt is needed: got {len(responses)} responses for {len(prompts)} "
                          "prompts")
     texts = [exchange_text(tokenizer, prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
-    with merges_dropped(tokenizer, bpe_dropout):
-        # The chat template already writes every special token the model expects.
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # The chat template already writes every special token the model expects.
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if bpe_dropout > 0:
+        encoded = cut_tokens(tokenizer, encoded, bpe_dropout, seed)
     return [ids[-max_length:] for ids in encoded]
 
 
-@contextmanager
-def merges_dropped(tokenizer: PreTrainedTokenizerBase, probability: float) -> Iterator[None]:
-    """Within the block, the tokenizer skips each BPE merge with `probability` (no change at 0)."""
-    if probability <= 0:
-        yield
-        return
+def cut_tokens(tokenizer: PreTrainedTokenizerBase, sequences: Sequence[Sequence[int]], probability: float,
+               seed: int) -> list[list[int]]:
+    """The sequences re-segmented by BPE-dropout, token by token; special tokens stay whole."""
+    vocabulary = tokenizer.get_vocab()
+    names = {token_id: token for token, token_id in vocabulary.items()}
+    ranks = _merge_ranks(tokenizer)
+    whole = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    rng = random.Random(f"{seed}/bpe-dropout")
+    cut = []
+    for ids in sequences:
+        pieces: list[int] = []
+        for token_id in ids:
+            if token_id in whole:
+                pieces.append(token_id)
+            else:
+                pieces.extend(vocabulary[piece] for piece in _merge_with_dropout(names[token_id], ranks, probability,
+                                                                                 rng))
+        cut.append(pieces)
+    return cut
+
+
+def _merge_ranks(tokenizer: PreTrainedTokenizerBase) -> dict[tuple[str, str], int]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    model = backend.model if backend is not None else None
-    if not isinstance(model, tokenizer_models.BPE):
-        raise ValueError(f"bpe_dropout {probability} needs a fast BPE tokenizer, and this one is "
-                         f"{type(model or tokenizer).__name__}; set bpe_dropout: 0 for this backbone")
-    previous = model.dropout
-    model.dropout = probability
-    try:
-        yield
-    finally:
-        model.dropout = previous
+    model = json.loads(backend.to_str())["model"] if backend is not None else {}
+    if model.get("type") != "BPE":
+        raise ValueError(f"bpe_dropout needs a fast BPE tokenizer; this one is {model.get('type') or 'not fast'}. "
+                         "Set bpe_dropout: 0 for this backbone")
+    # tokenizers writes merges as "a b" strings in older files and as [a, b] pairs in newer ones.
+    merges = [tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) for merge in model["merges"]]
+    return {merge: rank for rank, merge in enumerate(merges)}
+
+
+def _merge_with_dropout(token: str, ranks: dict[tuple[str, str], int], probability: float,
+                        rng: random.Random) -> list[str]:
+    symbols = list(token)
+    while len(symbols) > 1:
+        candidates = [(ranks[pair], index) for index, pair in enumerate(itertools.pairwise(symbols))
+                      if pair in ranks and rng.random() >= probability]
+        if not candidates:
+            break
+        _, index = min(candidates)
+        symbols[index:index + 2] = [symbols[index] + symbols[index + 1]]
+    return symbols
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
