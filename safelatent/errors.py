@@ -21,3 +21,7 @@ class DataFormatError(SafelatentError):
         self.problem = problem
         where = f"{self.path}, line {line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+class NonFiniteLossError(SafelatentError):
+    """A training loss came out NaN or infinite; the step is abandoned before any weight changes."""

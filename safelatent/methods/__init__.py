@@ -1,0 +1,1 @@
+"""Safety and RL methods as plain tensor functions and small modules; nothing here imports Ray."""

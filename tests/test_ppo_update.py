@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from safelatent.errors import NonFiniteLossError
+from safelatent.methods.ppo import PPOSettings, compute_advantages, policy_outputs, ppo_update
+from safelatent.methods.rollout import sample, score_tokens, sequence_inputs
+from safelatent.models.loading import load
+from safelatent.models.value_head import ValueHeadModel
+
+PROMPTS = ["What is 2 plus 3?", "Spell cat.", "Hi there", "Name a capital."]
+
+
+def rewarded_share(batch):
+    """Reward 1 when the reply opens with an even token id: about half the samples at first, learnable in steps."""
+    return (batch.response_ids[:, 0] % 2 == 0).float()
+
+
+def expected_reward(model, tokenizer):
+    """The exact mean reward over the prompts: the probability mass on even ids for the reply's first token."""
+    batch = sample(model, tokenizer, PROMPTS, max_new_tokens=1, seed=0)
+    with torch.no_grad():
+        logits = model(**sequence_inputs(batch)).logits[:, batch.prompt_ids.shape[1] - 1]
+    return torch.softmax(logits, -1)[:, ::2].sum(-1).mean().item()
+
+
+def train(model_dir, estimator, iterations=8):
+    torch.manual_seed(0)
+    loaded = load(model_dir, device="cpu")
+    reference = load(model_dir, device="cpu").model.eval()
+    policy = ValueHeadModel(loaded.model)
+    settings = PPOSettings(estimator=estimator, epochs=2, minibatch_size=8, kl={"beta": 0.01})
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    history = []
+    for iteration in range(iterations):
+        policy.eval()
+        batch = sample(loaded.model, loaded.tokenizer, PROMPTS, samples_per_prompt=8, max_new_tokens=4,
+                       seed=iteration)
+        rewards = rewarded_share(batch)
+        history.append(expected_reward(loaded.model, loaded.tokenizer))
+        ref_logprobs = score_tokens(reference, batch)
+        with torch.no_grad():
+            _, _, values = policy_outputs(policy, batch, 1.0)
+        advantages = compute_advantages(batch, rewards, ref_logprobs, values, settings, settings.kl.beta)
+        stats = ppo_update(policy, optimizer, batch, advantages, values, settings)
+    return history, stats
+
+
+@pytest.mark.parametrize("estimator", ["gae", "grpo", "rloo"])
+def test_ppo_learns_to_emit_the_rewarded_token(tiny_llama_dir, estimator):
+    history, stats = train(tiny_llama_dir, estimator)
+    assert history[-1] > history[0] + 0.08, history  # the exact expected reward, not a sampled estimate
+    for name in ("approx_kl", "clipfrac", "entropy", "policy_loss", "grad_norm"):
+        assert math.isfinite(stats[name]), (name, stats)
+    assert ("explained_variance" in stats) == (estimator == "gae")
+
+
+def test_a_nan_reward_stops_the_step_without_touching_the_weights(tiny_llama_dir):
+    loaded = load(tiny_llama_dir, device="cpu")
+    policy = ValueHeadModel(loaded.model)
+    settings = PPOSettings(estimator="grpo", whiten_advantages=False)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    batch = sample(loaded.model, loaded.tokenizer, PROMPTS, samples_per_prompt=2, max_new_tokens=4, seed=0)
+    rewards = torch.zeros(len(batch))
+    rewards[0] = float("nan")
+    advantages = compute_advantages(batch, rewards, batch.logprobs, None, settings, 0.0)
+    before = [parameter.detach().clone() for parameter in policy.parameters()]
+    with pytest.raises(NonFiniteLossError, match="unchanged"):
+        ppo_update(policy, optimizer, batch, advantages, None, settings)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_gae_without_values_is_a_clear_error(tiny_llama_dir):
+    loaded = load(tiny_llama_dir, device="cpu")
+    batch = sample(loaded.model, loaded.tokenizer, PROMPTS[:1], max_new_tokens=4, seed=0)
+    with pytest.raises(ValueError, match="value"):
+        compute_advantages(batch, torch.ones(1), batch.logprobs, None, PPOSettings(), 0.1)
