@@ -43,3 +43,23 @@ def tiny_gpt2_dir(tmp_path_factory):
     from tests.tiny_models import save_tiny_chat_model
 
     return save_tiny_chat_model(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_judges_dir(tmp_path_factory):
+    """Judges built from the tiny judges config (a fresh two-layer backbone): real files, meaningless accuracy."""
+    from pathlib import Path
+
+    import torch
+
+    from safelatent.config import load_config
+    from safelatent.judges.build import JudgesConfig, build_judges
+
+    config_path = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "judges_tiny.yaml"
+    config = load_config(JudgesConfig, config_path, [f"out_root={tmp_path_factory.mktemp('judges')}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_judges(config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
