@@ -300,7 +300,8 @@ def init_model(shape: Architecture, tokenizer: Any, seed: int) -> PreTrainedMode
         model = GPT2LMHeadModel(GPT2Config(
             vocab_size=len(tokenizer), n_embd=shape.hidden_size, n_inner=shape.intermediate_size,
             n_layer=shape.layers, n_head=shape.heads, n_positions=shape.max_length, tie_word_embeddings=True,
-            **special))
+            # No dropout, like the Llama variant: a few thousand steps on fresh data are far from overfitting.
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
