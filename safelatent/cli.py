@@ -23,6 +23,8 @@ base_model_app = typer.Typer(help="Build the micro-world's helpful-but-unsafe ba
 app.add_typer(base_model_app, name="base-model")
 judges_app = typer.Typer(help="Train the AI judges: reward model and harm classifier.", no_args_is_help=True)
 app.add_typer(judges_app, name="judges")
+train_app = typer.Typer(help="Train a policy with a safety method on Ray.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 console = Console(stderr=True)
 stdout = Console()
@@ -209,6 +211,30 @@ def judges_build(config: ConfigOption = None, overrides: Overrides = None, force
     table.add_row("harm classifier", "accuracy", _rate(accuracy["value"], accuracy["n"]))
     stdout.print(table)
     stdout.print(f"judges: {directory}", highlight=False)
+
+
+AddressOption = Annotated[Optional[str], typer.Option(
+    "--address", help="Ray cluster: HOST:PORT, ray://HOST:10001 or auto; default: an embedded local cluster.")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")]
+
+
+@train_app.command("rlaif-ppo")
+def train_rlaif_ppo(config: ConfigOption = None, overrides: Overrides = None, address: AddressOption = None,
+                    resume: ResumeOption = False) -> None:
+    """PPO from AI feedback: rollout, reward, reference and learner actors on Ray; MLflow; checkpoints.
+
+    Default config: pipelines/configs/rlaif_ppo.yaml. Ends with a summary of where the model, the evaluation
+    report and the MLflow run are.
+    """
+    from pipelines.rlaif_ppo import RLAIFPPOConfig, run
+
+    settings = _load_settings(RLAIFPPOConfig, config or default_config("rlaif_ppo.yaml"), overrides,
+                              {"address": address})
+    try:
+        result = run(settings, resume=resume, console=console)
+    except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    stdout.print(f"model: {result.model_dir}", highlight=False)
 
 
 @app.command("eval")

@@ -94,6 +94,29 @@ def upload(local_path: str | os.PathLike, uri: str, endpoint_url: str | None = N
     return written
 
 
+def list_keys(uri: str, endpoint_url: str | None = None) -> list[str]:
+    """The object keys under an s3:// prefix, relative to it (an empty list when there are none)."""
+    bucket, key = parse_s3_uri(uri)
+    prefix = key if key.endswith("/") or not key else key + "/"
+    client = s3_client(endpoint_url)
+    with _credentials_hint(uri):
+        return [object_key[len(prefix):] for object_key in _keys_under(client, bucket, prefix, uri)]
+
+
+def delete_prefix(uri: str, endpoint_url: str | None = None) -> int:
+    """Delete every object under an s3:// prefix; returns how many were deleted."""
+    bucket, key = parse_s3_uri(uri)
+    if not key:
+        raise ValueError(f"refusing to delete a whole bucket ({uri}); name a prefix inside it")
+    prefix = key if key.endswith("/") else key + "/"
+    client = s3_client(endpoint_url)
+    with _credentials_hint(uri):
+        keys = _keys_under(client, bucket, prefix, uri)
+        for start in range(0, len(keys), 1000):
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+    return len(keys)
+
+
 def _object_exists(client, bucket: str, key: str) -> bool:
     try:
         client.head_object(Bucket=bucket, Key=key)

@@ -20,6 +20,7 @@ from torch import nn
 from safelatent.config import Config
 from safelatent.errors import NonFiniteLossError
 from safelatent.methods.advantages import CRITIC_FREE, gae, group_estimator, per_token
+from safelatent.methods.distributed import all_ranks_true
 from safelatent.methods.kl import KLEstimator, sequence_kl, shaped_rewards
 from safelatent.methods.masked import masked_mean, whiten
 from safelatent.methods.ppo_loss import explained_variance, policy_loss, token_entropy, token_logprobs, value_loss
@@ -100,10 +101,22 @@ def policy_outputs(model: nn.Module, batch: RolloutBatch, temperature: float
             response_values(values, batch) if values is not None else None)
 
 
+def off_policy_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, mask: torch.Tensor,
+                       cap: float) -> torch.Tensor:
+    """Truncated importance weights min(π_old/π_behaviour, cap) per token, for samples drawn by older weights."""
+    return torch.exp(old_logprobs - behaviour_logprobs).clamp(max=cap) * mask
+
+
 def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: RolloutBatch, advantages: Advantages,
                old_values: torch.Tensor | None, settings: PPOSettings, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> dict[str, float]:
-    """Run the minibatch epochs on `batch` (already on the model's device); return the mean diagnostics."""
+               generator: torch.Generator | None = None,
+               importance_weights: torch.Tensor | None = None) -> dict[str, float]:
+    """Run the minibatch epochs on `batch` (already on the model's device); return the mean diagnostics.
+
+    `batch.logprobs` are the log-probs the ratio is clipped around; `importance_weights` (see
+    `off_policy_weights`) correct for samples drawn by an older policy. Under torch.distributed every rank must
+    run the same number of minibatches, and a NaN on any rank abandons the step on all of them.
+    """
     if settings.uses_critic and (old_values is None or advantages.returns is None):
         raise ValueError("the gae estimator needs the rollout's value estimates and returns")
     totals: dict[str, float] = {}
@@ -116,8 +129,9 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Rollou
             part = batch.select(index)
             mask = part.response_mask.to(part.logprobs.dtype)
             logprobs, entropy, values = policy_outputs(model, part, temperature)
+            weights = importance_weights[index] if importance_weights is not None else None
             loss_pg, stats = policy_loss(logprobs, part.logprobs, advantages.advantages[index], mask,
-                                         settings.clip_eps)
+                                         settings.clip_eps, weights)
             entropy_mean = masked_mean(entropy, mask)
             loss = loss_pg - settings.entropy_coef * entropy_mean
             if settings.uses_critic:
@@ -127,11 +141,11 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Rollou
                                                  settings.value_clip)
                 loss = loss + settings.vf_coef * loss_v
                 stats = {**stats, **value_stats, "value_loss": loss_v.detach()}
-            if not torch.isfinite(loss):
+            if not all_ranks_true(bool(torch.isfinite(loss)), loss.device):
                 optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(f"PPO loss is {loss.item()} at epoch minibatch {steps}; the update was "
-                                         "abandoned and the weights are unchanged by it. Lower the learning rate "
-                                         "or check the rewards for NaN")
+                raise NonFiniteLossError(f"PPO loss is not finite at minibatch {steps} (here: {loss.item()}); "
+                                         "the update was abandoned and the weights are unchanged by it. Lower the "
+                                         "learning rate or check the rewards for NaN")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(

@@ -25,13 +25,21 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate loss and its diagnostics (approx_kl, clipfrac, ratio_mean)."""
+                clip_eps: float = 0.2, importance_weights: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate loss and its diagnostics (approx_kl, clipfrac, ratio_mean).
+
+    `importance_weights` [batch, seq] multiply each token's surrogate: off-policy samples are corrected by
+    w_t = π_old/π_behaviour while the ratio is clipped around π_old (decoupled PPO).
+    """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
+    surrogate = -torch.minimum(unclipped, clipped)
+    if importance_weights is not None:
+        surrogate = surrogate * importance_weights
+    loss = masked_mean(surrogate, mask)
     with torch.no_grad():
         stats = {
             "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask),

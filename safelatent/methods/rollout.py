@@ -6,6 +6,7 @@ Log-probabilities are recomputed with a forward pass instead of taken from the s
 the learner and the reference all compute them the same way (temperature-scaled, same position ids).
 """
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -125,3 +126,46 @@ def _through_first_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.T
     is_eos = (response_ids == eos_token_id).long()
     before_or_at_first = (is_eos.cumsum(dim=1) - is_eos) == 0
     return before_or_at_first.long()
+
+
+def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """One batch from several (say, one per rollout worker): prompts re-padded on the left, responses on the right.
+
+    Group ids are kept as they are, so shards must have been given disjoint ids (`first_group_id`).
+    """
+    if not batches:
+        raise ValueError("no rollout batches to concatenate")
+    if len(batches) == 1:
+        return batches[0]
+    prompt_len = max(batch.prompt_ids.shape[1] for batch in batches)
+    response_len = max(batch.response_ids.shape[1] for batch in batches)
+
+    def padded(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+        extra = width - tensor.shape[1]
+        if extra == 0:
+            return tensor
+        fill = torch.full((tensor.shape[0], extra), value, dtype=tensor.dtype)
+        return torch.cat([fill, tensor] if left else [tensor, fill], dim=1)
+
+    return RolloutBatch(
+        prompt_ids=torch.cat([padded(b.prompt_ids, prompt_len, pad_token_id, True) for b in batches]),
+        prompt_mask=torch.cat([padded(b.prompt_mask, prompt_len, 0, True) for b in batches]),
+        response_ids=torch.cat([padded(b.response_ids, response_len, pad_token_id, False) for b in batches]),
+        response_mask=torch.cat([padded(b.response_mask, response_len, 0, False) for b in batches]),
+        logprobs=torch.cat([padded(b.logprobs, response_len, 0.0, False) for b in batches]),
+        group_ids=torch.cat([b.group_ids for b in batches]),
+        prompts=tuple(prompt for b in batches for prompt in b.prompts),
+        responses=tuple(response for b in batches for response in b.responses))
+
+
+def split_by_groups(batch: RolloutBatch, parts: int) -> list[RolloutBatch]:
+    """`parts` slices of equal size that never split a group (responses to one prompt stay together)."""
+    if len(batch) % parts:
+        raise ValueError(f"{len(batch)} rollouts cannot be split evenly over {parts} learners")
+    size = len(batch) // parts
+    slices = [batch.select(range(start, start + size)) for start in range(0, len(batch), size)]
+    for left, right in itertools.pairwise(slices):
+        if left.group_ids[-1] == right.group_ids[0]:
+            raise ValueError(f"splitting {len(batch)} rollouts over {parts} learners would cut a prompt's group; "
+                             "make prompts per step a multiple of the number of learners")
+    return slices

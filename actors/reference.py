@@ -1,0 +1,55 @@
+"""ReferenceWorker: the frozen base model, giving the reference log-probabilities for the KL penalty."""
+
+import os
+import time
+
+import ray
+import torch
+
+from actors.retry import with_retries
+from cluster.placement import Placement, RoleResources
+from safelatent.methods.rollout import RolloutBatch, score_tokens
+from safelatent.models.loading import DeviceName, DTypeName, load
+
+
+@ray.remote
+class ReferenceWorker:
+    def __init__(self, model_path: str, dtype: DTypeName, device: DeviceName, threads: int):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = load(model_path, dtype=dtype, device=device).model
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid()}
+
+    def logprobs(self, batch: RolloutBatch, temperature: float) -> tuple[torch.Tensor, float]:
+        started = time.perf_counter()
+        return score_tokens(self.model, batch, temperature), time.perf_counter() - started
+
+
+class ReferenceRole:
+    """The reference worker behind the same submit/collect calls as the other roles, restarted when it dies."""
+
+    def __init__(self, placement: Placement, resources: RoleResources, model_path: str, dtype: DTypeName,
+                 device: DeviceName, threads: int, max_restarts: int):
+        self.worker = ReferenceWorker.options(**placement.options("reference", 0, resources),
+                                              max_restarts=max_restarts, max_task_retries=0
+                                              ).remote(model_path, dtype, device, threads)
+        self.attempts = max_restarts + 1
+
+    def ready(self) -> dict:
+        return ray.get(self.worker.ready.remote())
+
+    def submit(self, batch_ref: ray.ObjectRef, temperature: float) -> tuple:
+        return batch_ref, temperature, self.worker.logprobs.remote(batch_ref, temperature)
+
+    def collect(self, pending: tuple) -> tuple[torch.Tensor, float]:
+        batch_ref, temperature, submitted = pending
+        first = [submitted]
+
+        def call() -> tuple[torch.Tensor, float]:
+            return ray.get(first.pop() if first else self.worker.logprobs.remote(batch_ref, temperature))
+
+        return with_retries(call, "reference worker", self.attempts)

@@ -1,0 +1,103 @@
+"""One placement group for all the roles of a job, with a readiness timeout that reports unmet demand.
+
+Each actor gets one bundle ({"CPU": c, "GPU": g}, fractions allowed), so roles can share a GPU (two 0.5
+bundles) or each have their own. Before creating the group, the total demand is checked against what the
+cluster has at all, so an impossible request fails in a second instead of waiting for the timeout.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import ray
+from pydantic import Field
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from safelatent.config import Config
+from safelatent.errors import SafelatentError
+
+
+class ResourceDemandError(SafelatentError):
+    """The cluster cannot (or did not in time) provide the resources a job asked for."""
+
+
+class RoleResources(Config):
+    """What one actor of a role reserves."""
+
+    num_cpus: float = Field(0.5, ge=0, description="Logical CPUs reserved (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved; below 1 to share a GPU with other roles.")
+
+    def bundle(self) -> dict[str, float]:
+        bundle = {"CPU": self.num_cpus}
+        if self.num_gpus:
+            bundle["GPU"] = self.num_gpus
+        return {name: amount for name, amount in bundle.items() if amount}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A ready placement group and the bundle index of each (role, replica)."""
+
+    group: PlacementGroup
+    index: dict[tuple[str, int], int]
+
+    def options(self, role: str, replica: int, resources: RoleResources) -> dict:
+        """Actor options that put replica `replica` of `role` into its bundle."""
+        return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    self.group, placement_group_bundle_index=self.index[(role, replica)])}
+
+    def remove(self) -> None:
+        remove_placement_group(self.group)
+
+
+def describe(demand: dict[str, float]) -> str:
+    return ", ".join(f"{name} {amount:g}" for name, amount in sorted(demand.items())) or "nothing"
+
+
+def total_demand(roles: dict[str, tuple[int, RoleResources]]) -> dict[str, float]:
+    total: Counter = Counter()
+    for count, resources in roles.values():
+        for name, amount in resources.bundle().items():
+            total[name] += count * amount
+    return dict(total)
+
+
+def check_fits(roles: dict[str, tuple[int, RoleResources]], cluster: dict[str, float]) -> None:
+    """Raise ResourceDemandError naming every resource the job needs more of than the cluster has in total."""
+    demand = total_demand(roles)
+    short = {name: amount for name, amount in demand.items() if amount > cluster.get(name, 0.0) + 1e-9}
+    if short:
+        per_role = "; ".join(f"{role} {count} x {{{describe(resources.bundle())}}}"
+                             for role, (count, resources) in roles.items() if count)
+        missing = ", ".join(f"{name} {amount:g} (cluster has {cluster.get(name, 0.0):g})"
+                            for name, amount in sorted(short.items()))
+        raise ResourceDemandError(f"the job needs more than the cluster has: {missing}. Demand by role: {per_role}. "
+                                  "Lower the role counts or their num_cpus/num_gpus, or add nodes")
+
+
+def place(roles: dict[str, tuple[int, RoleResources]], timeout_s: float, strategy: str = "PACK") -> Placement:
+    """Create and wait for the placement group of `roles` ({role: (replicas, resources)})."""
+    check_fits(roles, ray.cluster_resources())
+    bundles: list[dict[str, float]] = []
+    index: dict[tuple[str, int], int] = {}
+    for role, (count, resources) in roles.items():
+        for replica in range(count):
+            index[(role, replica)] = len(bundles)
+            # An empty bundle is not allowed; a role that reserves nothing still takes a sliver of CPU.
+            bundles.append(resources.bundle() or {"CPU": 0.01})
+    group = placement_group(bundles, strategy=strategy)
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise ResourceDemandError(
+            f"the placement group ({len(bundles)} bundles, {describe(total_demand(roles))}) was not ready after "
+            f"{timeout_s:g} s; free now: {describe(_free(ray.available_resources()))}. Other jobs may hold the "
+            "resources, or no single node fits a bundle; raise resources.ready_timeout_s or lower the demand"
+        ) from None
+    return Placement(group=group, index=index)
+
+
+def _free(available: dict[str, float]) -> dict[str, float]:
+    return {name: amount for name, amount in available.items() if name in ("CPU", "GPU")}
