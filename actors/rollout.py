@@ -93,14 +93,11 @@ class RolloutGroup:
             return ray.get(ref)
 
         return with_retries(call, f"rollout worker {index}", self.attempts,
-                            on_failure=lambda: self._resync(index), retry_on=(*ACTOR_FAILURES, StaleWeightsError))
+                            on_failure=lambda: self._sync(index), retry_on=(*ACTOR_FAILURES, StaleWeightsError))
 
     def _sync(self, index: int) -> None:
         if self.weights_ref is not None:
             ray.get(self.workers[index].load_weights.remote(self.weights_ref, self.weights_version))
-
-    def _resync(self, index: int) -> None:
-        with_retries(lambda: self._sync(index), f"reloading weights into rollout worker {index}", self.attempts)
 
 
 def _split(items: list, parts: int) -> list[list]:

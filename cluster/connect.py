@@ -19,7 +19,8 @@ QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "err
 
 
 def runtime_env() -> dict:
-    """Env vars (never credentials) that actors started by this driver should see."""
+    """Env vars (never credentials) that actors started by this driver should see; set on each actor too, so a
+    driver joining a running cluster passes its storage endpoint and tracking URI on."""
     env = {**QUIET_ENV, **{name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}}
     return {"env_vars": env}
 

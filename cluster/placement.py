@@ -13,6 +13,7 @@ from pydantic import Field
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.connect import runtime_env
 from safelatent.config import Config
 from safelatent.errors import SafelatentError
 
@@ -43,7 +44,7 @@ class Placement:
 
     def options(self, role: str, replica: int, resources: RoleResources) -> dict:
         """Actor options that put replica `replica` of `role` into its bundle."""
-        return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+        return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "runtime_env": runtime_env(),
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(
                     self.group, placement_group_bundle_index=self.index[(role, replica)])}
 

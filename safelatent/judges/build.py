@@ -48,6 +48,7 @@ from safelatent.judges.harm_examples import (
     with_obfuscated_prompts,
 )
 from safelatent.judges.labeler import LabelerConfig, make_labeler
+from safelatent.judges.layout import HARM_CLASSIFIER_DIR, REPORT, REWARD_MODEL_DIR, is_complete, read_report
 from safelatent.judges.preferences import (
     PairSettings,
     PolicySample,
@@ -59,9 +60,6 @@ from safelatent.judges.preferences import (
 from safelatent.judges.reward_model import RewardModelSettings, pairwise_wins, train_reward_model
 from safelatent.models.loading import DeviceName, load
 
-REPORT = "judges_report.json"
-REWARD_MODEL_DIR = "reward_model"
-HARM_CLASSIFIER_DIR = "harm_classifier"
 TEST_SPLIT = "test"
 
 
@@ -113,20 +111,6 @@ def build_key(config: JudgesConfig) -> str:
 
 def judges_dir(config: JudgesConfig) -> Path:
     return Path(config.out_root) / f"judges-{build_key(config)}"
-
-
-def is_complete(directory: str | Path) -> bool:
-    directory = Path(directory)
-    return ((directory / REPORT).is_file() and (directory / REWARD_MODEL_DIR / "judge.json").is_file()
-            and (directory / HARM_CLASSIFIER_DIR / "judge.json").is_file())
-
-
-def read_report(directory: str | Path) -> dict[str, Any]:
-    """The judges_report.json of a build directory."""
-    path = Path(directory) / REPORT
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; build the judges with `safelatent judges build -c CONFIG`")
-    return json.loads(path.read_text())
 
 
 def build_judges(config: JudgesConfig, force: bool = False, progress: bool = True) -> Path:

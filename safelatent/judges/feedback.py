@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import Field
 
 from safelatent.config import Config
-from safelatent.judges.build import HARM_CLASSIFIER_DIR, REWARD_MODEL_DIR, read_report
 from safelatent.judges.harm_classifier import HarmClassifier
+from safelatent.judges.layout import HARM_CLASSIFIER_DIR, REWARD_MODEL_DIR, read_report
 from safelatent.judges.reward_model import RewardModel
 from safelatent.models.loading import DeviceName
 

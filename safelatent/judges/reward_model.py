@@ -18,7 +18,6 @@ from pathlib import Path
 import datasets
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback
-from trl import RewardConfig, RewardTrainer
 
 from safelatent.config import Config
 from safelatent.judges.accuracy import Accuracy
@@ -104,6 +103,8 @@ def train_reward_model(backbone: str | Path, pairs: Sequence[PreferencePair], se
                        version: str, seed: int = 0, device: DeviceName = "auto",
                        progress: bool = True) -> RewardModel:
     """Initialise a one-output classifier from `backbone` and fit it to `pairs` with TRL's RewardTrainer."""
+    from trl import RewardConfig, RewardTrainer  # training only: scoring a trained model does not need TRL
+
     if not pairs:
         raise ValueError("no preference pairs to train the reward model on; check the pair settings and data sizes")
     model, tokenizer = classifier_from_backbone(backbone, num_labels=1, device=device)

@@ -1,10 +1,14 @@
 """LoRA through peft: wrap a model with low-rank adapters on its linear layers, and merge them back."""
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 from transformers import PreTrainedModel
 
 from safelatent.config import Config
+
+if TYPE_CHECKING:  # peft takes seconds to import; actors that do not use LoRA never pay for it
+    from peft import PeftModel
 
 
 class LoraSettings(Config):
@@ -17,14 +21,16 @@ class LoraSettings(Config):
         "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the head.")
 
 
-def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
+def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> "PeftModel":
     """Freeze the model and add trainable adapters; outputs are unchanged until the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=settings.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
-def merge_lora(model: PeftModel) -> PreTrainedModel:
+def merge_lora(model: "PeftModel") -> PreTrainedModel:
     """Fold the adapters into the weights and return the plain model (for saving, serving and eval)."""
     return model.merge_and_unload()
 

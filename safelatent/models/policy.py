@@ -27,7 +27,9 @@ class PolicySettings(Config):
 def load_policy(model_path: str, settings: PolicySettings, trainable: bool) -> LoadedModel:
     """The policy at `model_path`, with LoRA when configured; `trainable` puts it in training mode."""
     loaded = load(model_path, dtype=settings.dtype, device=settings.device)
-    model = apply_lora(loaded.model, settings.lora) if settings.lora is not None else loaded.model
+    model = loaded.model
+    if settings.lora is not None:
+        model = apply_lora(model, settings.lora)
     if not trainable:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
