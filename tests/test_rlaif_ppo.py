@@ -168,8 +168,8 @@ def test_two_ddp_learners_with_async_rollout_stay_in_sync(ray_cluster, make_conf
         states = [ray.get(ray.get(worker.publish.remote())[0]) for worker in roles["learner"].workers]
         weights.append(all(torch.equal(states[0][name], states[1][name]) for name in states[0]))
 
-    result = run(make_config("resources.learners=2", "resources.rollout_workers=2", "rollout.async_rollout=true", "ppo.estimator=grpo", "steps=3",
-                             "ppo.minibatch_size=2"), on_step=compare_ranks)
+    result = run(make_config("resources.learners=2", "resources.rollout_workers=2", "rollout.async_rollout=true",
+                             "ppo.estimator=grpo", "steps=3", "ppo.minibatch_size=2"), on_step=compare_ranks)
     assert result.steps_done == 3
     assert weights == [True, True, True]
     assert "importance_weight" in result.history[-1]  # steps 2 and 3 learned from one-step-old samples
