@@ -139,3 +139,16 @@ def test_judges_build_prints_held_out_accuracies(tmp_path):
                                  f"out_root={tmp_path}"])
     assert result.exit_code == 0, result.output
     assert "pairwise accuracy" in result.output and "harm classifier" in result.output
+
+
+def test_train_rlaif_ppo_rejects_bad_settings_before_starting_anything(tmp_path):
+    base = ["train", "rlaif-ppo", f"out_root={tmp_path}", "model=some/model", "base_model_config=null"]
+    result = runner.invoke(app, [*base, "rollout.prompts_per_step=3", "resources.learners=2"])
+    assert result.exit_code == 2 and "multiple of resources.learners" in result.output
+    result = runner.invoke(app, [*base, "ppo.estimator=rloo", "rollout.samples_per_prompt=1"])
+    assert result.exit_code == 2 and "samples_per_prompt >= 2" in result.output
+    result = runner.invoke(app, [*base, "tracking.uri=./mlruns"])
+    assert result.exit_code == 2 and "tracking.uri" in result.output
+    result = runner.invoke(app, [*base, "judges_config=missing.yaml"])
+    assert result.exit_code == 2 and "missing.yaml" in result.output
+    assert not any(tmp_path.iterdir())

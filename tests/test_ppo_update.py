@@ -76,3 +76,24 @@ def test_gae_without_values_is_a_clear_error(tiny_llama_dir):
     batch = sample(loaded.model, loaded.tokenizer, PROMPTS[:1], max_new_tokens=4, seed=0)
     with pytest.raises(ValueError, match="value"):
         compute_advantages(batch, torch.ones(1), batch.logprobs, None, PPOSettings(), 0.1)
+
+
+def test_off_policy_weights_are_truncated_ratios_on_response_tokens():
+    from safelatent.methods.ppo import off_policy_weights
+
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.2]]))
+    behaviour = torch.log(torch.tensor([[0.5, 0.3, 0.4]]))
+    weights = off_policy_weights(old, behaviour, torch.tensor([[1.0, 1.0, 0.0]]), cap=2.0)
+    assert torch.allclose(weights, torch.tensor([[1.0, 2.0, 0.0]]))
+
+
+def test_unit_importance_weights_change_nothing():
+    from safelatent.methods.ppo_loss import policy_loss
+
+    torch.manual_seed(0)
+    logprobs, old, advantages = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    mask = torch.ones(3, 5)
+    plain, _ = policy_loss(logprobs, old, advantages, mask)
+    weighted, _ = policy_loss(logprobs, old, advantages, mask, importance_weights=torch.ones(3, 5))
+    halved, _ = policy_loss(logprobs, old, advantages, mask, importance_weights=torch.full((3, 5), 0.5))
+    assert torch.equal(plain, weighted) and torch.allclose(halved, plain / 2)

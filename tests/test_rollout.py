@@ -56,3 +56,30 @@ def test_sampling_is_seeded_and_rejects_greedy(loaded):
     assert torch.equal(first.response_ids, again.response_ids)
     with pytest.raises(ValueError, match="temperature"):
         sample(loaded.model, loaded.tokenizer, PROMPTS, temperature=0.0)
+
+
+def test_shards_from_several_workers_concatenate_into_one_padded_batch(loaded):
+    from safelatent.methods.rollout import concat_batches, sequence_inputs
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    first = sample(model, tokenizer, PROMPTS[:1], samples_per_prompt=2, max_new_tokens=4, seed=0)
+    second = sample(model, tokenizer, PROMPTS[1:], samples_per_prompt=2, max_new_tokens=9, seed=1, first_group_id=1)
+    joined = concat_batches([first, second], tokenizer.pad_token_id)
+    assert len(joined) == 6 and joined.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    assert joined.prompts == first.prompts + second.prompts
+    # Re-padding moves no token: each row's log-probs under the model are unchanged.
+    assert torch.allclose(score_tokens(model, joined), joined.logprobs, atol=1e-5)
+    assert sequence_inputs(joined)["input_ids"].shape[1] == joined.prompt_ids.shape[1] + joined.response_ids.shape[1]
+
+
+def test_learner_shards_keep_groups_whole(loaded):
+    from safelatent.methods.rollout import split_by_groups
+
+    batch = sample(loaded.model, loaded.tokenizer, PROMPTS[:2], samples_per_prompt=2, max_new_tokens=3, seed=0)
+    shards = split_by_groups(batch, 2)
+    assert [shard.group_ids.tolist() for shard in shards] == [[0, 0], [1, 1]]
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        split_by_groups(batch, 3)
+    odd = sample(loaded.model, loaded.tokenizer, PROMPTS[:3], samples_per_prompt=2, max_new_tokens=3, seed=0)
+    with pytest.raises(ValueError, match="cut a prompt's group"):
+        split_by_groups(odd, 2)

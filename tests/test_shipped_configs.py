@@ -7,10 +7,12 @@ import pytest
 from safelatent.config import load_config
 from safelatent.data.microworld import MicroWorldConfig
 from safelatent.judges.build import JudgesConfig
+from pipelines.rlaif_ppo import RLAIFPPOConfig
 from safelatent.models.base_model import BaseModelConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
-CLASSES = {"microworld": MicroWorldConfig, "base_model": BaseModelConfig, "judges": JudgesConfig}
+CLASSES = {"microworld": MicroWorldConfig, "base_model": BaseModelConfig, "judges": JudgesConfig,
+           "rlaif_ppo": RLAIFPPOConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
