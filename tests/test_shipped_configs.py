@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.rlaif_ppo import RLAIFPPOConfig
 from safelatent.config import load_config
 from safelatent.data.microworld import MicroWorldConfig
 from safelatent.judges.build import JudgesConfig
-from pipelines.rlaif_ppo import RLAIFPPOConfig
 from safelatent.models.base_model import BaseModelConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
