@@ -100,8 +100,9 @@ class JudgesConfig(Config):
 
 
 def build_key(config: JudgesConfig) -> str:
-    """The cache key of a build: the config hash, folded with the base model config's when one is used."""
-    key = config_hash(config)
+    """The cache key of a build: the config hash (without the output root: moving a build does not change it),
+    folded with the base model's build hash when one is used."""
+    key = config_hash(config.model_copy(update={"out_root": ""}))
     if config.base_model_config:
         base_config_class, _, base_build_hash = _base_model_api()
         base_hash = base_build_hash(load_config(base_config_class, config.base_model_config))

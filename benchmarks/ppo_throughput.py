@@ -1,0 +1,314 @@
+"""Throughput of the PPO engine (grpo estimator) side by side with TRL's GRPOTrainer, on one machine in one run.
+
+Both sides train the same policy on the same micro-world prompts with the same batch: `--prompts-per-step`
+prompts per step, `--samples-per-prompt` responses each, at most `--max-new-tokens` new tokens, temperature 1.0,
+top-k off and top-p 1.0, one optimizer step per batch (one epoch, one minibatch holding the whole batch), the
+engine's KL coefficient β (so both run a frozen reference model) and learning rate, and rewards from the same
+judges (`AIFeedback`: reward model − harm penalty). Step k of both sides sees the prompts the engine draws for step
+k (`prompts_for_step` with the engine's seed and prompt weights); both apply the model's chat template to them.
+
+What is measured, per step, after dropping the first `--warmup` steps:
+- samples/s = responses per step ÷ mean seconds per step (the throughput over the measured steps);
+- the engine (`ppo.estimator=grpo`, once per `--workers` count of rollout workers, each run on a fresh embedded
+  Ray cluster): the seconds it records for each phase of a step — generate (slowest rollout worker, log-probs of
+  the samples included), score (judges), reference (reference log-probs), learn (the PPO update), weight sync
+  (publishing the new weights and loading them into every rollout worker) and idle — and the orchestration
+  overhead = step time − model compute on the critical path, where model compute = generate + max(score,
+  reference) + learn (score and reference run in parallel; weight sync counts as overhead), as a share of the
+  step time (target <= 15%);
+- TRL's GRPOTrainer, in this process on the CPU with `--threads` torch threads: the seconds from each
+  `on_step_begin` (before generation) to the matching `on_step_end` (after the optimizer step), taken by a
+  `TrainerCallback`. Gradient checkpointing (on by default in TRL) is off, since the engine does not use it.
+- ours ÷ TRL: the engine's samples/s over TRL's, for each rollout-worker count.
+The mean response length (tokens, end-of-turn included) is reported for both sides: the generation cost follows
+it, and the two sides sample their own responses.
+
+Everything runs offline. Without `--model`/`--judges` the tiny micro-world base model and the tiny judges are
+built (once; cached by config hash) under `<folder of --out>/models`. Results go to a table on stdout and to
+`--out` as JSON, with the machine and the command line. Rerun from the repository root, e.g.
+
+    .venv/bin/python benchmarks/ppo_throughput.py --steps 6 --warmup 1 --workers 1,2
+"""
+
+import os
+
+# Set before the Hugging Face libraries are imported: they read these switches then.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+import ray
+import torch
+import transformers
+import trl
+from rich.console import Console
+from rich.table import Table
+from transformers import TrainerCallback
+
+from pipelines.rlaif_ppo import RLAIFPPOConfig, run
+from safelatent.config import load_config
+from safelatent.data.microworld import build_microworld
+from safelatent.data.prompts import prompt_pool, prompts_for_step
+from safelatent.judges.build import JudgesConfig, build_judges
+from safelatent.judges.feedback import AIFeedback
+from safelatent.models.base_model import BaseModelConfig, build_base_model
+
+REPO = Path(__file__).resolve().parents[1]
+OVERHEAD_TARGET = 0.15
+PHASES = ("generate", "score", "reference", "learn", "weight_sync", "idle")
+
+
+def worker_counts(text: str) -> list[int]:
+    """`--workers 1,2` as [1, 2]."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated worker counts such as 1,2; got {text!r}") from None
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 1; got {text!r}")
+    return counts
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="policy to train (a Hugging Face model directory); default: build the tiny "
+                                        "micro-world base model")
+    parser.add_argument("--judges", help="a judges build directory; default: build the tiny judges")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per run, warmup included "
+                                                             "(default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="first steps of each run left out of the means "
+                                                              "(default: %(default)s)")
+    parser.add_argument("--prompts-per-step", type=int, default=16, help="(default: %(default)s)")
+    parser.add_argument("--samples-per-prompt", type=int, default=4, help="responses per prompt, the GRPO group "
+                                                                          "(default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="(default: %(default)s)")
+    parser.add_argument("--workers", type=worker_counts, default="1,2", help="rollout-worker counts to run the "
+                                                                             "engine with (default: %(default)s)")
+    parser.add_argument("--skip-trl", action="store_true", help="measure the engine only")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the TRL run "
+                                                                            "(default: the CPU count, %(default)s)")
+    parser.add_argument("--out", default="runs/benchmarks/ppo_throughput.json", help="JSON file for the results; "
+                        "the tiny models are built next to it (default: %(default)s)")
+    args = parser.parse_args()
+    for name in ("steps", "prompts_per_step", "max_new_tokens", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.samples_per_prompt < 2:
+        parser.error("--samples-per-prompt must be >= 2: GRPO compares the responses to the same prompt")
+    if not 0 <= args.warmup < args.steps:
+        parser.error(f"--warmup ({args.warmup}) must be >= 0 and smaller than --steps ({args.steps}) so that some "
+                     "steps are measured")
+    return args
+
+
+def resolve_models(args: argparse.Namespace, build_root: Path) -> tuple[str, str]:
+    """The policy and judges directories: as given, or the tiny ones built (or reused) under `build_root`."""
+    model_dir = args.model or str(build_base_model(load_config(
+        BaseModelConfig, REPO / "pipelines/configs/base_model_tiny.yaml", [f"out_root={build_root}"]), progress=False))
+    judges_dir = args.judges or str(build_judges(load_config(
+        JudgesConfig, REPO / "pipelines/configs/judges_tiny.yaml", [f"out_root={build_root}"]), progress=False))
+    return model_dir, judges_dir
+
+
+def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int = 1,
+                  out_root: str = "runs/benchmarks/engine") -> RLAIFPPOConfig:
+    """The engine's settings for one run; the TRL run copies the shared ones (prompts, sampling, β, lr) from it."""
+    batch = args.prompts_per_step * args.samples_per_prompt
+    return load_config(RLAIFPPOConfig, None, [
+        f"model={model_dir}", "base_model_config=null", f"judges={judges_dir}", "judges_config=null",
+        f"name=throughput-{workers}-workers", f"steps={args.steps}", f"out_root={out_root}",
+        f"tracking.uri=sqlite:///{out_root}/mlflow.db", "evaluation.enabled=false", "checkpoint.every=1000000",
+        "policy.device=cpu", "ppo.estimator=grpo", "ppo.epochs=1", f"ppo.minibatch_size={batch}",
+        f"rollout.prompts_per_step={args.prompts_per_step}", f"rollout.samples_per_prompt={args.samples_per_prompt}",
+        f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
+        f"resources.rollout_workers={workers}", "resources.threads_per_actor=1"])
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def measure_engine(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int) -> dict[str, Any]:
+    """Train `--steps` steps with `workers` rollout workers; samples/s and the phase breakdown of the measured
+    steps. `run` starts an embedded Ray cluster and shuts it down again, so each run starts from scratch."""
+    with tempfile.TemporaryDirectory(prefix="ppo-throughput-engine-") as root:
+        config = engine_config(args, model_dir, judges_dir, workers, root)
+        history = run(config, console=Console(stderr=True)).history
+    measured = history[args.warmup:]
+    samples = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+    phases = {phase: mean([entry[f"time/{phase}"] for entry in measured]) for phase in PHASES}
+    step_s = mean([entry["time/step"] for entry in measured])
+    compute_s = mean([entry["time/generate"] + max(entry["time/score"], entry["time/reference"])
+                      + entry["time/learn"] for entry in measured])
+    return {"rollout_workers": workers, "samples_per_step": samples, "measured_steps": len(measured),
+            "samples_per_second": samples / step_s, "step_s": step_s, "phases_s": phases,
+            "model_compute_s": compute_s, "overhead_s": step_s - compute_s,
+            "overhead_share": (step_s - compute_s) / step_s,
+            "response_tokens": mean([entry["response_length"] for entry in measured]),
+            "step_s_all": [entry["time/step"] for entry in history]}
+
+
+class StepTimer(TrainerCallback):
+    """Seconds of each optimizer step, from `on_step_begin` (before generation) to `on_step_end` (after the
+    optimizer step): generation, scoring, reference and policy forward passes, backward and update."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self.started: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+class JudgeReward:
+    """A TRL reward function scoring with the engine's judges, on the same texts the engine's scorers get (the
+    user turn's content and the stripped reply); it notes each batch's mean response length in tokens."""
+
+    def __init__(self, feedback: AIFeedback):
+        self.feedback = feedback
+        self.response_tokens: list[float] = []
+
+    def __call__(self, prompts: list[list[dict]], completions: list[list[dict]], completion_ids: list[list[int]],
+                 **_: Any) -> list[float]:
+        self.response_tokens.append(mean([len(ids) for ids in completion_ids]))
+        prompt_texts = [messages[-1]["content"] for messages in prompts]
+        responses = [messages[-1]["content"].strip() for messages in completions]
+        return self.feedback.score(prompt_texts, responses).rewards
+
+
+def engine_prompts(config: RLAIFPPOConfig) -> list[str]:
+    """The prompts of the engine's steps 0..steps-1, in order (TRL takes them in dataset order, one step's worth
+    at a time, when its dataset is not shuffled)."""
+    split = build_microworld(config.microworld)[config.prompts.split]
+    pool = prompt_pool(split, [kind for kind, weight in config.prompts.weights.items() if weight > 0])
+    return [prompt for step in range(config.steps) for prompt in
+            prompts_for_step(pool, config.prompts.weights, config.rollout.prompts_per_step, config.seed, step)]
+
+
+def measure_trl(args: argparse.Namespace, config: RLAIFPPOConfig) -> dict[str, Any]:
+    """Train TRL's GRPOTrainer for `--steps` steps with the engine's settings; samples/s of the measured steps."""
+    rollout = config.rollout
+    optimizer = config.optimizer
+    samples = rollout.prompts_per_step * rollout.samples_per_prompt
+    dataset = datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": text}]
+                                                     for text in engine_prompts(config)]})
+    reward = JudgeReward(AIFeedback.load(config.judges, config.feedback, device=config.policy.device))
+    timer = StepTimer()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ppo-throughput-trl-") as root:
+        trl_config = trl.GRPOConfig(
+            output_dir=root, max_steps=config.steps, seed=config.seed, use_cpu=True, bf16=False,
+            model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False, disable_dropout=True,
+            per_device_train_batch_size=samples, gradient_accumulation_steps=1, steps_per_generation=1,
+            num_iterations=1, num_generations=rollout.samples_per_prompt, shuffle_dataset=False,
+            max_completion_length=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
+            top_k=0, beta=config.ppo.kl.beta, epsilon=config.ppo.clip_eps, max_grad_norm=config.ppo.max_grad_norm,
+            learning_rate=optimizer.learning_rate, lr_scheduler_type="constant", weight_decay=optimizer.weight_decay,
+            adam_beta1=optimizer.betas[0], adam_beta2=optimizer.betas[1], adam_epsilon=optimizer.eps,
+            logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True)
+        trainer = trl.GRPOTrainer(model=config.model, reward_funcs=reward, args=trl_config, train_dataset=dataset,
+                                  callbacks=[timer])
+        trainer.train()
+    if len(timer.seconds) != config.steps:
+        raise RuntimeError(f"TRL ran {len(timer.seconds)} steps, {config.steps} were asked for; the timings would "
+                           "not cover the same work as the engine's")
+    step_s = mean(timer.seconds[args.warmup:])
+    return {"samples_per_step": samples, "measured_steps": config.steps - args.warmup,
+            "samples_per_second": samples / step_s, "step_s": step_s,
+            "response_tokens": mean(reward.response_tokens[args.warmup:]), "torch_threads": args.threads,
+            "step_s_all": timer.seconds}
+
+
+def machine_info(trl_threads: int, actor_threads: int) -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "load_average_1_5_15_min": list(os.getloadavg()), "torch_threads_trl": trl_threads,
+            "torch_threads_per_engine_actor": actor_threads, "platform": platform.platform(),
+            "python": platform.python_version(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "trl": trl.__version__, "ray": ray.__version__}}
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """One column per measured system, one row per quantity."""
+    engine = results["engine"]
+    trl_result = results["trl"]
+    settings = results["settings"]
+    table = Table(title=f"PPO throughput: {settings['samples_per_step']} samples/step "
+                        f"({settings['prompts_per_step']} prompts × {settings['samples_per_prompt']}), "
+                        f"≤ {settings['max_new_tokens']} new tokens, mean of steps "
+                        f"{settings['warmup'] + 1}..{settings['steps']}")
+    table.add_column("")
+    for workers in engine:
+        table.add_column(f"engine grpo, {workers} rollout worker{'s' if workers != '1' else ''}", justify="right")
+    if trl_result:
+        table.add_column(f"TRL GRPOTrainer ({trl_result['torch_threads']} threads)", justify="right")
+
+    def row(label: str, engine_value, trl_value: str = "—") -> None:
+        table.add_row(label, *(engine_value(result) for result in engine.values()),
+                      *([trl_value] if trl_result else []))
+
+    row("samples/s", lambda r: f"{r['samples_per_second']:.2f}",
+        f"{trl_result['samples_per_second']:.2f}" if trl_result else "—")
+    row("s per step", lambda r: f"{r['step_s']:.3f}", f"{trl_result['step_s']:.3f}" if trl_result else "—")
+    for phase in PHASES:
+        row(f"  {phase.replace('_', ' ')} s", lambda r, phase=phase: f"{r['phases_s'][phase]:.3f}")
+    row("model compute s (gen + max(score, ref) + learn)", lambda r: f"{r['model_compute_s']:.3f}")
+    row(f"orchestration overhead (target ≤ {OVERHEAD_TARGET:.0%})",
+        lambda r: f"{r['overhead_s']:.3f} s = {r['overhead_share']:.1%}"
+                  f"{'' if r['overhead_share'] <= OVERHEAD_TARGET else ' (over)'}")
+    row("mean response tokens", lambda r: f"{r['response_tokens']:.1f}",
+        f"{trl_result['response_tokens']:.1f}" if trl_result else "—")
+    if trl_result:
+        row("ours ÷ TRL samples/s", lambda r: f"{results['ratio'][str(r['rollout_workers'])]:.2f}×")
+    return table
+
+
+def main() -> None:
+    args = parse_args()
+    command = shlex.join([sys.executable, *sys.argv])
+    out = Path(args.out)
+    model_dir, judges_dir = resolve_models(args, out.parent / "models")
+    shared = engine_config(args, model_dir, judges_dir)
+    results: dict[str, Any] = {
+        "command": command, "machine": machine_info(args.threads, shared.resources.threads_per_actor),
+        "settings": {"model": model_dir, "judges": judges_dir, "steps": args.steps, "warmup": args.warmup,
+                     "prompts_per_step": args.prompts_per_step, "samples_per_prompt": args.samples_per_prompt,
+                     "samples_per_step": args.prompts_per_step * args.samples_per_prompt,
+                     "max_new_tokens": args.max_new_tokens, "temperature": shared.rollout.temperature,
+                     "top_p": shared.rollout.top_p, "top_k": 0, "beta": shared.ppo.kl.beta,
+                     "learning_rate": shared.optimizer.learning_rate, "seed": shared.seed},
+        "engine": {str(workers): measure_engine(args, model_dir, judges_dir, workers) for workers in args.workers},
+        "trl": None if args.skip_trl else measure_trl(args, shared)}
+    if results["trl"]:
+        results["ratio"] = {workers: result["samples_per_second"] / results["trl"]["samples_per_second"]
+                            for workers, result in results["engine"].items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+    console = Console()
+    console.print(results_table(results))
+    for workers, ratio in results.get("ratio", {}).items():
+        console.print(f"ours ÷ TRL samples/s with {workers} rollout worker(s): [bold]{ratio:.2f}×[/bold]")
+    machine = results["machine"]
+    console.print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), load average "
+                  f"{machine['load_average_1_5_15_min'][0]:.2f} at the start; torch threads: TRL {args.threads}, "
+                  f"each engine actor {machine['torch_threads_per_engine_actor']}", highlight=False)
+    console.print(f"command: {command}", highlight=False, soft_wrap=True)
+    console.print(f"results: {out}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()
