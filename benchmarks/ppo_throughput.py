@@ -112,12 +112,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def resolve_models(args: argparse.Namespace, build_root: Path) -> tuple[str, str]:
-    """The policy and judges directories: as given, or the tiny ones built (or reused) under `build_root`."""
-    model_dir = args.model or str(build_base_model(load_config(
-        BaseModelConfig, REPO / "pipelines/configs/base_model_tiny.yaml", [f"out_root={build_root}"]), progress=False))
-    judges_dir = args.judges or str(build_judges(load_config(
-        JudgesConfig, REPO / "pipelines/configs/judges_tiny.yaml", [f"out_root={build_root}"]), progress=False))
-    return model_dir, judges_dir
+    """The policy and judges directories, absolute (Ray actors need not share our working directory): as given,
+    or the tiny ones built (or reused) under `build_root`."""
+    model_dir = args.model or build_base_model(load_config(
+        BaseModelConfig, REPO / "pipelines/configs/base_model_tiny.yaml", [f"out_root={build_root}"]), progress=False)
+    judges_dir = args.judges or build_judges(load_config(
+        JudgesConfig, REPO / "pipelines/configs/judges_tiny.yaml", [f"out_root={build_root}"]), progress=False)
+    return str(Path(model_dir).resolve()), str(Path(judges_dir).resolve())
 
 
 def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int = 1,

@@ -99,10 +99,15 @@ class JudgesConfig(Config):
         return self
 
 
+def content_hash(config: JudgesConfig) -> str:
+    """The config's hash without the output root."""
+    return config_hash(config.model_copy(update={"out_root": ""}))
+
+
 def build_key(config: JudgesConfig) -> str:
     """The cache key of a build: the config hash (without the output root: moving a build does not change it),
     folded with the base model's build hash when one is used."""
-    key = config_hash(config.model_copy(update={"out_root": ""}))
+    key = content_hash(config)
     if config.base_model_config:
         base_config_class, _, base_build_hash = _base_model_api()
         base_hash = base_build_hash(load_config(base_config_class, config.base_model_config))
@@ -226,7 +231,7 @@ def _build(config: JudgesConfig, key: str, staging: Path, console: Console, prog
         "format": "safelatent-judges",
         "safelatent_version": __version__,
         "key": key,
-        "config_hash": config_hash(config),
+        "config_hash": content_hash(config),
         "seed": config.seed,
         "created_unix": int(time.time()),
         "backbone": backbone_info,
