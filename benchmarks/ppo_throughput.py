@@ -6,6 +6,7 @@ top-k off and top-p 1.0, one optimizer step per batch (one epoch, one minibatch 
 engine's KL coefficient β (so both run a frozen reference model) and learning rate, and rewards from the same
 judges (`AIFeedback`: reward model − harm penalty). Step k of both sides sees the prompts the engine draws for step
 k (`prompts_for_step` with the engine's seed and prompt weights); both apply the model's chat template to them.
+Both run on the CPU in float32; the engine's actors use one torch thread each.
 
 What is measured, per step, after dropping the first `--warmup` steps:
 - samples/s = responses per step ÷ mean seconds per step (the throughput over the measured steps);
@@ -19,6 +20,8 @@ What is measured, per step, after dropping the first `--warmup` steps:
 - TRL's GRPOTrainer, in this process on the CPU with `--threads` torch threads: the seconds from each
   `on_step_begin` (before generation) to the matching `on_step_end` (after the optimizer step), taken by a
   `TrainerCallback`. Gradient checkpointing (on by default in TRL) is off, since the engine does not use it.
+  On a busy machine give TRL no more threads than there are idle cores: oversubscribed torch threads can slow
+  it down tenfold or more (the load average at the start is reported);
 - ours ÷ TRL: the engine's samples/s over TRL's, for each rollout-worker count.
 The mean response length (tokens, end-of-turn included) is reported for both sides: the generation cost follows
 it, and the two sides sample their own responses.
@@ -212,7 +215,7 @@ def measure_trl(args: argparse.Namespace, config: RLAIFPPOConfig) -> dict[str, A
     with tempfile.TemporaryDirectory(prefix="ppo-throughput-trl-") as root:
         trl_config = trl.GRPOConfig(
             output_dir=root, max_steps=config.steps, seed=config.seed, use_cpu=True, bf16=False,
-            model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False, disable_dropout=True,
+            model_init_kwargs={"dtype": "float32"}, activation_checkpointing=False, disable_dropout=True,
             per_device_train_batch_size=samples, gradient_accumulation_steps=1, steps_per_generation=1,
             num_iterations=1, num_generations=rollout.samples_per_prompt, shuffle_dataset=False,
             max_completion_length=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
@@ -222,6 +225,7 @@ def measure_trl(args: argparse.Namespace, config: RLAIFPPOConfig) -> dict[str, A
             logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True)
         trainer = trl.GRPOTrainer(model=config.model, reward_funcs=reward, args=trl_config, train_dataset=dataset,
                                   callbacks=[timer])
+        trainer.remove_callback(transformers.PrinterCallback)  # its end-of-training summary would split our table
         trainer.train()
     if len(timer.seconds) != config.steps:
         raise RuntimeError(f"TRL ran {len(timer.seconds)} steps, {config.steps} were asked for; the timings would "

@@ -161,7 +161,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ray_cluster
     assert runs[0].info.status == "FAILED"
 
 
-def test_two_ddp_learners_with_async_rollout_stay_in_sync(ray_cluster, make_config):
+def test_two_ddp_lora_learners_with_async_rollout_stay_in_sync(ray_cluster, make_config):
     weights = []
 
     def compare_ranks(step, metrics, roles):
@@ -169,9 +169,11 @@ def test_two_ddp_learners_with_async_rollout_stay_in_sync(ray_cluster, make_conf
         weights.append(all(torch.equal(states[0][name], states[1][name]) for name in states[0]))
 
     result = run(make_config("resources.learners=2", "resources.rollout_workers=2", "rollout.async_rollout=true",
-                             "ppo.estimator=grpo", "steps=3", "ppo.minibatch_size=2"), on_step=compare_ranks)
+                             "ppo.estimator=grpo", "steps=3", "ppo.minibatch_size=2", "policy.lora={r: 2}"),
+                 on_step=compare_ranks)
     assert result.steps_done == 3
     assert weights == [True, True, True]
+    assert "lora" not in (result.model_dir / "model.safetensors").read_bytes()[:20000].decode("latin-1")
     assert "importance_weight" in result.history[-1]  # steps 2 and 3 learned from one-step-old samples
 
 
