@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+DEMO_STEPS ?= 20
 
 .PHONY: demo test lint clean
 
@@ -17,11 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "== safelatent demo: the training pipeline is not built yet, so the demo runs the furthest real step:"
-	@echo "== building the safety micro-world (the generated alignment problem every method trains on)."
-	$(BIN)/safelatent data build --out $(DEMO_DIR)/microworld -c pipelines/configs/microworld.yaml
-	$(BIN)/safelatent data inspect $(DEMO_DIR)/microworld
-	@echo "== done: the micro-world is in $(DEMO_DIR)/microworld (a Hugging Face DatasetDict)."
+	@echo "== safelatent demo: RLAIF-PPO on an embedded Ray cluster, from the unsafe micro-world base model."
+	@echo "== The first run builds the base model and the judges (cached by config; see README for times)."
+	$(BIN)/safelatent train rlaif-ppo -c pipelines/configs/rlaif_ppo.yaml name=demo out_root=$(DEMO_DIR) \
+		steps=$(DEMO_STEPS) evaluation.limit=40 --resume
 
 test: $(STAMP)
 	$(BIN)/ruff check .

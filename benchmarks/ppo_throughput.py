@@ -46,6 +46,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,8 @@ def resolve_models(args: argparse.Namespace, build_root: Path) -> tuple[str, str
 
 def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int = 1,
                   out_root: str = "runs/benchmarks/engine") -> RLAIFPPOConfig:
-    """The engine's settings for one run; the TRL run copies the shared ones (prompts, sampling, β, lr) from it."""
+    """The engine's settings for a run writing under `out_root`; the TRL run copies the settings both sides share
+    (prompts, sampling, β, optimizer) from one of these that never runs."""
     batch = args.prompts_per_step * args.samples_per_prompt
     return load_config(RLAIFPPOConfig, None, [
         f"model={model_dir}", "base_model_config=null", f"judges={judges_dir}", "judges_config=null",
@@ -237,7 +239,7 @@ def measure_trl(args: argparse.Namespace, config: RLAIFPPOConfig) -> dict[str, A
             "step_s_all": timer.seconds}
 
 
-def machine_info(trl_threads: int, actor_threads: int) -> dict[str, Any]:
+def machine_info(trl_threads: int | None, actor_threads: int) -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "load_average_1_5_15_min": list(os.getloadavg()), "torch_threads_trl": trl_threads,
             "torch_threads_per_engine_actor": actor_threads, "platform": platform.platform(),
@@ -247,37 +249,37 @@ def machine_info(trl_threads: int, actor_threads: int) -> dict[str, Any]:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """One column per measured system, one row per quantity."""
+    """One column per measured system, one row per quantity (seconds are means per measured step)."""
     engine = results["engine"]
     trl_result = results["trl"]
     settings = results["settings"]
     table = Table(title=f"PPO throughput: {settings['samples_per_step']} samples/step "
                         f"({settings['prompts_per_step']} prompts × {settings['samples_per_prompt']}), "
-                        f"≤ {settings['max_new_tokens']} new tokens, mean of steps "
-                        f"{settings['warmup'] + 1}..{settings['steps']}")
+                        f"≤ {settings['max_new_tokens']} new tokens, "
+                        f"steps {settings['warmup'] + 1}..{settings['steps']}",
+                  caption="compute = generate + max(score, reference) + learn; overhead = step − compute "
+                          f"(target ≤ {OVERHEAD_TARGET:.0%} of the step)")
     table.add_column("")
     for workers in engine:
-        table.add_column(f"engine grpo, {workers} rollout worker{'s' if workers != '1' else ''}", justify="right")
+        table.add_column(f"engine, {workers} worker{'s' if workers != '1' else ''}", justify="right")
     if trl_result:
-        table.add_column(f"TRL GRPOTrainer ({trl_result['torch_threads']} threads)", justify="right")
+        threads = trl_result["torch_threads"]
+        table.add_column(f"TRL, {threads} thread{'s' if threads != 1 else ''}", justify="right")
 
-    def row(label: str, engine_value, trl_value: str = "—") -> None:
-        table.add_row(label, *(engine_value(result) for result in engine.values()),
-                      *([trl_value] if trl_result else []))
+    def row(label: str, engine_cell: Callable[[dict], str], trl_cell: Callable[[dict], str] | None = None) -> None:
+        trl_cells = [trl_cell(trl_result) if trl_cell else "—"] if trl_result else []
+        table.add_row(label, *(engine_cell(result) for result in engine.values()), *trl_cells)
 
-    row("samples/s", lambda r: f"{r['samples_per_second']:.2f}",
-        f"{trl_result['samples_per_second']:.2f}" if trl_result else "—")
-    row("s per step", lambda r: f"{r['step_s']:.3f}", f"{trl_result['step_s']:.3f}" if trl_result else "—")
+    row("samples/s", lambda r: f"{r['samples_per_second']:.2f}", lambda r: f"{r['samples_per_second']:.2f}")
+    row("step s", lambda r: f"{r['step_s']:.3f}", lambda r: f"{r['step_s']:.3f}")
     for phase in PHASES:
         row(f"  {phase.replace('_', ' ')} s", lambda r, phase=phase: f"{r['phases_s'][phase]:.3f}")
-    row("model compute s (gen + max(score, ref) + learn)", lambda r: f"{r['model_compute_s']:.3f}")
-    row(f"orchestration overhead (target ≤ {OVERHEAD_TARGET:.0%})",
-        lambda r: f"{r['overhead_s']:.3f} s = {r['overhead_share']:.1%}"
-                  f"{'' if r['overhead_share'] <= OVERHEAD_TARGET else ' (over)'}")
-    row("mean response tokens", lambda r: f"{r['response_tokens']:.1f}",
-        f"{trl_result['response_tokens']:.1f}" if trl_result else "—")
+    row("compute s", lambda r: f"{r['model_compute_s']:.3f}")
+    row("overhead", lambda r: f"{r['overhead_s']:.3f} s = {r['overhead_share']:.1%}"
+                              f"{'' if r['overhead_share'] <= OVERHEAD_TARGET else ' (over)'}")
+    row("response tokens", lambda r: f"{r['response_tokens']:.1f}", lambda r: f"{r['response_tokens']:.1f}")
     if trl_result:
-        row("ours ÷ TRL samples/s", lambda r: f"{results['ratio'][str(r['rollout_workers'])]:.2f}×")
+        row("ours ÷ TRL", lambda r: f"{results['ratio'][str(r['rollout_workers'])]:.2f}×")
     return table
 
 
@@ -288,7 +290,8 @@ def main() -> None:
     model_dir, judges_dir = resolve_models(args, out.parent / "models")
     shared = engine_config(args, model_dir, judges_dir)
     results: dict[str, Any] = {
-        "command": command, "machine": machine_info(args.threads, shared.resources.threads_per_actor),
+        "command": command,
+        "machine": machine_info(None if args.skip_trl else args.threads, shared.resources.threads_per_actor),
         "settings": {"model": model_dir, "judges": judges_dir, "steps": args.steps, "warmup": args.warmup,
                      "prompts_per_step": args.prompts_per_step, "samples_per_prompt": args.samples_per_prompt,
                      "samples_per_step": args.prompts_per_step * args.samples_per_prompt,
@@ -308,8 +311,9 @@ def main() -> None:
     for workers, ratio in results.get("ratio", {}).items():
         console.print(f"ours ÷ TRL samples/s with {workers} rollout worker(s): [bold]{ratio:.2f}×[/bold]")
     machine = results["machine"]
+    trl_threads = "" if args.skip_trl else f"TRL {args.threads}, "
     console.print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), load average "
-                  f"{machine['load_average_1_5_15_min'][0]:.2f} at the start; torch threads: TRL {args.threads}, "
+                  f"{machine['load_average_1_5_15_min'][0]:.2f} at the start; torch threads: {trl_threads}"
                   f"each engine actor {machine['torch_threads_per_engine_actor']}", highlight=False)
     console.print(f"command: {command}", highlight=False, soft_wrap=True)
     console.print(f"results: {out}", highlight=False)
