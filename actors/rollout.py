@@ -66,8 +66,15 @@ class RolloutGroup:
     def set_weights(self, weights_ref: ray.ObjectRef, version: int) -> None:
         """Every worker loads the object-store weights (one put by the learner, one read per worker)."""
         self.weights_ref, self.weights_version = weights_ref, version
-        for index in range(len(self.workers)):
-            self._sync(index)
+        loads = [worker.load_weights.remote(weights_ref, version) for worker in self.workers]
+        for index, load in enumerate(loads):
+            first = [load]
+
+            def call(index: int = index, first: list = first) -> int:
+                return ray.get(first.pop() if first else self.workers[index].load_weights.remote(
+                    self.weights_ref, self.weights_version))
+
+            with_retries(call, f"loading weights into rollout worker {index}", self.attempts)
 
     def submit(self, prompts: list[str], sampling: dict, seeds: list[int], first_group_id: int) -> list:
         """Start sampling (returns pending shards for `collect`); prompts are split evenly over the workers."""

@@ -24,7 +24,7 @@ from safelatent.methods.distributed import all_ranks_true
 from safelatent.methods.kl import KLEstimator, sequence_kl, shaped_rewards
 from safelatent.methods.masked import masked_mean, whiten
 from safelatent.methods.ppo_loss import explained_variance, policy_loss, token_entropy, token_logprobs, value_loss
-from safelatent.methods.rollout import RolloutBatch, response_logits, response_values, sequence_inputs
+from safelatent.methods.rollout import RolloutBatch, logits_to_keep, response_logits, response_values, sequence_inputs
 
 
 class KLSettings(Config):
@@ -94,7 +94,7 @@ def policy_outputs(model: nn.Module, batch: RolloutBatch, temperature: float
 
     `model` is a causal LM, or a value-head model returning (logits, values).
     """
-    output = model(**sequence_inputs(batch))
+    output = model(**sequence_inputs(batch), logits_to_keep=logits_to_keep(batch))
     logits, values = output if isinstance(output, tuple) else (output.logits, None)
     scaled = response_logits(logits, batch) / temperature
     return (token_logprobs(scaled, batch.response_ids), token_entropy(scaled),

@@ -2,8 +2,9 @@
 
 A `RolloutBatch` keeps the prompt left-padded and the response right-padded, so response position t of
 every row is the same column and the PPO math (`advantages`, `ppo_loss`) works on [batch, seq] tensors.
-Log-probabilities are recomputed with a forward pass instead of taken from the sampler, so the rollout,
-the learner and the reference all compute them the same way (temperature-scaled, same position ids).
+The sampler's log-probabilities come from the logits it sampled with (temperature-scaled, before top-p),
+which equal those of a full forward pass with the same position ids (`score_tokens`, as the learner and the
+reference compute them; a test checks the two agree), so sampling needs no second forward pass.
 """
 
 import itertools
@@ -59,10 +60,18 @@ def sequence_inputs(batch: RolloutBatch) -> dict[str, torch.Tensor]:
             "attention_mask": attention_mask, "position_ids": position_ids}
 
 
+def logits_to_keep(batch: RolloutBatch) -> int:
+    """How many final positions' logits PPO needs: those predicting the response tokens (and the one after the
+    last, which `response_logits` drops). Skipping the prompt positions saves the output layer's work there."""
+    return batch.response_ids.shape[1] + 1
+
+
 def response_logits(logits: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
-    """The [batch, response_len, vocab] logits that predict each response token."""
-    start = batch.prompt_ids.shape[1] - 1
-    return logits[:, start:start + batch.response_ids.shape[1]]
+    """The [batch, response_len, vocab] logits that predict each response token, from logits of every position
+    or of the last `logits_to_keep(batch)` positions only."""
+    response_len = batch.response_ids.shape[1]
+    start = batch.prompt_ids.shape[1] - 1 if logits.shape[1] > response_len + 1 else 0
+    return logits[:, start:start + response_len]
 
 
 def response_values(values: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
@@ -79,7 +88,7 @@ def score_tokens(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0
     with torch.no_grad():
         for start in range(0, len(batch), micro_batch_size):
             part = batch.select(range(start, min(start + micro_batch_size, len(batch)))).to(device)
-            logits = model(**sequence_inputs(part), use_cache=False).logits
+            logits = model(**sequence_inputs(part), use_cache=False, logits_to_keep=logits_to_keep(part)).logits
             scaled = response_logits(logits, part) / max(temperature, 1e-6)
             chunks.append((token_logprobs(scaled, part.response_ids) * part.response_mask).cpu())
     return torch.cat(chunks)
@@ -107,8 +116,8 @@ def sample(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequen
         tokenizer.padding_side = padding_side
     output = model.generate(**encoded, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
-    response_ids = output[:, encoded["input_ids"].shape[1]:]
+                            eos_token_id=tokenizer.eos_token_id, output_logits=True, return_dict_in_generate=True)
+    response_ids = output.sequences[:, encoded["input_ids"].shape[1]:]
     response_mask = _through_first_eos(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids,
                                                                                   tokenizer.pad_token_id))
@@ -118,7 +127,8 @@ def sample(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequen
                          response_ids=response_ids.cpu(), response_mask=response_mask.cpu(),
                          logprobs=torch.zeros(response_ids.shape), group_ids=groups,
                          prompts=tuple(repeated), responses=tuple(text.strip() for text in texts))
-    return batch.with_logprobs(score_tokens(model, batch, temperature))
+    logits = torch.stack(output.logits, dim=1) / temperature
+    return batch.with_logprobs((token_logprobs(logits, response_ids) * response_mask).cpu())
 
 
 def _through_first_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -29,9 +29,10 @@ class ValueHeadModel(nn.Module):
         return self.model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the last `logits_to_keep` positions (all when 0) and values of every position."""
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            output_hidden_states=True, use_cache=False)
+                            output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep)
         values = self.value_head(output.hidden_states[-1]).squeeze(-1)
         return output.logits, values
 
