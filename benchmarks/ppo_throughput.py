@@ -101,6 +101,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-trl", action="store_true", help="measure the engine only")
     parser.add_argument("--actor-threads", type=int, default=1, help="torch threads per engine actor "
                                                                      "(default: %(default)s)")
+    parser.add_argument("--learner-threads", type=int, help="torch threads of the learner actor (default: "
+                                                             "--actor-threads)")
     parser.add_argument("--async-rollout", action="store_true", help="the engine samples batch k+1 while it "
                                                                      "learns on batch k")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the TRL run "
@@ -142,7 +144,8 @@ def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, wor
         f"rollout.prompts_per_step={args.prompts_per_step}", f"rollout.samples_per_prompt={args.samples_per_prompt}",
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
         f"resources.rollout_workers={workers}", f"resources.threads_per_actor={args.actor_threads}",
-        f"rollout.async_rollout={str(args.async_rollout).lower()}"])
+        f"rollout.async_rollout={str(args.async_rollout).lower()}",
+        f"resources.learner.threads={args.learner_threads if args.learner_threads is not None else 'null'}"])
 
 
 def mean(values: list[float]) -> float:

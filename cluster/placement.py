@@ -27,6 +27,8 @@ class RoleResources(Config):
 
     num_cpus: float = Field(0.5, ge=0, description="Logical CPUs reserved (fractions allowed).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved; below 1 to share a GPU with other roles.")
+    threads: int | None = Field(None, ge=0, description="torch CPU threads of each actor of this role; null: the "
+                                                        "pipeline's default, 0: torch's own default.")
 
     def bundle(self) -> dict[str, float]:
         bundle = {"CPU": self.num_cpus}

@@ -165,16 +165,18 @@ class PPOEngine:
     def start_roles(self, placement, model_path: str, judges_dir: str) -> dict[str, Any]:
         config, res = self.config, self.config.resources
         with self.console.status("starting the actors (rollout, reward, reference, learner)"):
+            threads = {role: resources.threads if resources.threads is not None else res.threads_per_actor
+                       for role, (_, resources) in res.roles().items()}
             roles = {
                 "rollout": RolloutGroup(placement, res.rollout_workers, res.rollout, model_path, config.policy,
-                                        res.threads_per_actor, res.max_restarts),
+                                        threads["rollout"], res.max_restarts),
                 "reward": RewardGroup(placement, res.reward_workers, res.reward, judges_dir, config.feedback,
-                                      config.policy.device, res.threads_per_actor, res.max_restarts),
+                                      config.policy.device, threads["reward"], res.max_restarts),
                 "reference": ReferenceRole(placement, res.reference, model_path, config.policy.dtype,
-                                           config.policy.device, res.threads_per_actor, res.max_restarts),
+                                           config.policy.device, threads["reference"], res.max_restarts),
                 "learner": LearnerGroup(placement, res.learners, res.learner, model_path, config.policy, config.ppo,
                                         config.optimizer, config.rollout.temperature, config.seed,
-                                        res.threads_per_actor, config.rollout.off_policy_cap,
+                                        threads["learner"], config.rollout.off_policy_cap,
                                         config.resources.ready_timeout_s),
             }
             roles["rollout"].ready()

@@ -60,7 +60,8 @@ class Resources(Config):
     reward: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25))
     reference: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.25))
     learner: RoleResources = Field(default_factory=lambda: RoleResources(num_cpus=0.5))
-    threads_per_actor: int = Field(1, ge=0, description="torch CPU threads per actor; 0 keeps torch's default.")
+    threads_per_actor: int = Field(1, ge=0, description="torch CPU threads per actor, unless its role sets "
+                                                        "`threads`; 0 keeps torch's default.")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     ready_timeout_s: float = Field(120.0, gt=0, description="Wait this long for the placement group, then fail "
                                                             "with the unmet demand.")
