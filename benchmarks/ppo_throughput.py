@@ -6,7 +6,9 @@ top-k off and top-p 1.0, one optimizer step per batch (one epoch, one minibatch 
 engine's KL coefficient β (so both run a frozen reference model) and learning rate, and rewards from the same
 judges (`AIFeedback`: reward model − harm penalty). Step k of both sides sees the prompts the engine draws for step
 k (`prompts_for_step` with the engine's seed and prompt weights); both apply the model's chat template to them.
-Both run on the CPU in float32; the engine's actors use one torch thread each.
+Both run on the CPU in float32. The engine starts from the shipped pipelines/configs/rlaif_ppo.yaml (its
+resources, threads per role included: one per actor, two for the learner, which runs alone in a synchronous
+step) with the settings above laid over it.
 
 What is measured, per step, after dropping the first `--warmup` steps:
 - samples/s = responses per step ÷ mean seconds per step (the throughput over the measured steps);
@@ -101,8 +103,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-trl", action="store_true", help="measure the engine only")
     parser.add_argument("--actor-threads", type=int, default=1, help="torch threads per engine actor "
                                                                      "(default: %(default)s)")
-    parser.add_argument("--learner-threads", type=int, help="torch threads of the learner actor (default: "
-                                                             "--actor-threads)")
+    parser.add_argument("--learner-threads", type=int, help="torch threads of the learner actor (default: as in "
+                                                             "pipelines/configs/rlaif_ppo.yaml)")
     parser.add_argument("--async-rollout", action="store_true", help="the engine samples batch k+1 while it "
                                                                      "learns on batch k")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the TRL run "
@@ -136,7 +138,7 @@ def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, wor
     """The engine's settings for a run writing under `out_root`; the TRL run copies the settings both sides share
     (prompts, sampling, β, optimizer) from one of these that never runs."""
     batch = args.prompts_per_step * args.samples_per_prompt
-    return load_config(RLAIFPPOConfig, None, [
+    return load_config(RLAIFPPOConfig, REPO / "pipelines/configs/rlaif_ppo.yaml", [
         f"model={model_dir}", "base_model_config=null", f"judges={judges_dir}", "judges_config=null",
         f"name=throughput-{workers}-workers", f"steps={args.steps}", f"out_root={out_root}",
         f"tracking.uri=sqlite:///{out_root}/mlflow.db", "evaluation.enabled=false", "checkpoint.every=1000000",
@@ -145,7 +147,7 @@ def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, wor
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
         f"resources.rollout_workers={workers}", f"resources.threads_per_actor={args.actor_threads}",
         f"rollout.async_rollout={str(args.async_rollout).lower()}",
-        f"resources.learner.threads={args.learner_threads if args.learner_threads is not None else 'null'}"])
+        *([f"resources.learner.threads={args.learner_threads}"] if args.learner_threads is not None else [])])
 
 
 def mean(values: list[float]) -> float:
