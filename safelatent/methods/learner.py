@@ -14,7 +14,14 @@ from transformers import PreTrainedModel
 
 from safelatent.config import Config
 from safelatent.methods.distributed import world_size
-from safelatent.methods.ppo import PPOSettings, compute_advantages, off_policy_weights, policy_outputs, ppo_update
+from safelatent.methods.ppo import (
+    PPOSettings,
+    compute_advantages,
+    off_policy_weights,
+    policy_outputs,
+    ppo_update,
+    value_estimates,
+)
 from safelatent.methods.rollout import RolloutBatch
 from safelatent.models.policy import load_trainable_state, trainable_state
 from safelatent.models.value_head import ValueHeadModel
@@ -67,7 +74,10 @@ class PPOLearner:
         if self.settings.uses_critic or off_policy:
             self.module.eval()
             with torch.no_grad():
-                current, _, values = policy_outputs(self.module, batch, self.temperature)
+                if off_policy:
+                    current, _, values = policy_outputs(self.module, batch, self.temperature)
+                else:  # on-policy: the batch's log-probs are current, only the critic's values are needed
+                    values = value_estimates(self.module, batch)
             if off_policy:
                 weights = off_policy_weights(current, batch.logprobs, mask, self.off_policy_cap)
                 clipped_batch = batch.with_logprobs(current * mask)

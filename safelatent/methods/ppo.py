@@ -101,6 +101,12 @@ def policy_outputs(model: nn.Module, batch: RolloutBatch, temperature: float
             response_values(values, batch) if values is not None else None)
 
 
+def value_estimates(model: nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """[batch, response_len] values of a value-head model on `batch`; the output layer runs on one position only."""
+    _, values = model(**sequence_inputs(batch), logits_to_keep=1)
+    return response_values(values, batch)
+
+
 def off_policy_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, mask: torch.Tensor,
                        cap: float) -> torch.Tensor:
     """Truncated importance weights min(π_old/π_behaviour, cap) per token, for samples drawn by older weights."""
