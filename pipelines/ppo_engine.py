@@ -1,7 +1,8 @@
 """The PPO engine's driver: resolve inputs, place the roles, run the step loop, checkpoint, export, evaluate.
 
-Pipelines that train with PPO from AI feedback (rlaif-ppo, and later SLS-RLAIF) share this loop; the
-math is in safelatent.methods and each role is an actor in actors/.
+Pipelines that train with PPO from AI feedback (rlaif-ppo, sls-rlaif) share this loop; a pipeline that
+prepares its own starting model (SLS fits its head first) overrides `resolve_model`. The math is in
+safelatent.methods and each role is an actor in actors/.
 """
 
 import json
@@ -149,6 +150,10 @@ class PPOEngine:
                 result = self.loop(roles, tracker, pool, start, on_step)
                 result.model_dir = Path(roles["learner"].export(str(out / "model")))
                 tracker.log_artifacts(result.model_dir, "model")
+                if config.tracking.registered_model:
+                    version = tracker.register_model(config.tracking.registered_model, "model",
+                                                     f"{config.pipeline} run {config.name}")
+                    result.registered = f"{config.tracking.registered_model} version {version}"
                 if config.evaluation.enabled:
                     result.evaluation = self.evaluate(result.model_dir, tracker)
                 status = "FINISHED"
@@ -187,7 +192,8 @@ class PPOEngine:
     def log_inputs(self, tracker: Tracker, roles: dict[str, Any], model_path: str, judges_dir: str) -> None:
         provenance = roles["reward"].provenance()
         tracker.log_params(self.config.model_dump(mode="json"))
-        tracker.set_tags({"pipeline": "rlaif-ppo", "config_hash": config_hash(self.config), "commit": git_commit(),
+        tracker.set_tags({"pipeline": self.config.pipeline, "config_hash": config_hash(self.config),
+                          "commit": git_commit(),
                           "base_model": model_path, "judges": judges_dir,
                           **{f"judge.{key}": value for key, value in provenance.items()}})
 
@@ -220,7 +226,7 @@ class PPOEngine:
             version = roles["rollout"].weights_version
             return roles["rollout"].submit(prompts, sampling, seeds, step * group_stride), version
 
-        with progress_bar(self.console) as progress:
+        with progress_bar(self.console, config.pipeline) as progress:
             task = progress.add_task("train", total=config.steps, completed=first_step, status="")
             pending = submit(first_step) if first_step < config.steps else None
             for step in range(first_step, config.steps):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -88,6 +88,7 @@ class EvaluationSettings(Config):
 class RLAIFPPOConfig(Config):
     """The rlaif-ppo pipeline; `safelatent train rlaif-ppo -c pipelines/configs/rlaif_ppo.yaml key=value ...`."""
 
+    pipeline: ClassVar[str] = "rlaif-ppo"
     name: str = Field("rlaif-ppo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: output folder "
                                                                                          "and MLflow run name.")
     seed: int = Field(0, ge=0)
@@ -151,6 +152,7 @@ class RunResult:
     evaluation: dict[str, Any] | None = None
     tracking_run: str | None = None
     checkpoint: str | None = None
+    registered: str | None = None  # "NAME version N" in the MLflow model registry
 
 
 StepCallback = Callable[[int, dict[str, float], Any], None]
@@ -167,7 +169,7 @@ def run(config: RLAIFPPOConfig, resume: bool = False, console: Console | None = 
 
 
 def summary_table(result: RunResult, config: RLAIFPPOConfig) -> Table:
-    table = Table(title=f"rlaif-ppo run {config.name!r}: {result.steps_done} of {config.steps} steps")
+    table = Table(title=f"{config.pipeline} run {config.name!r}: {result.steps_done} of {config.steps} steps")
     table.add_column("what")
     table.add_column("value", overflow="fold")
     last = result.history[-1] if result.history else {}
@@ -183,6 +185,8 @@ def summary_table(result: RunResult, config: RLAIFPPOConfig) -> Table:
     table.add_row("report", str(result.out_dir / "eval" / "report.md") if result.evaluation else "not evaluated")
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("mlflow", str(result.tracking_run))
+    if result.registered:
+        table.add_row("registered", result.registered)
     return table
 
 
@@ -191,14 +195,15 @@ def write_summary(result: RunResult, config: RLAIFPPOConfig) -> Path:
     path.write_text(json.dumps({
         "name": config.name, "config_hash": config_hash(config), "steps": result.steps_done,
         "model": str(result.model_dir), "checkpoint": result.checkpoint, "mlflow": result.tracking_run,
+        "registered": result.registered,
         "final_metrics": result.history[-1] if result.history else {}, "evaluation": result.evaluation},
         indent=2, default=str) + "\n")
     dump_config(config, result.out_dir / "config.yaml")
     return path
 
 
-def progress_bar(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]rlaif-ppo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+def progress_bar(console: Console, pipeline: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{pipeline}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
                     transient=False)
 

@@ -237,6 +237,25 @@ def train_rlaif_ppo(config: ConfigOption = None, overrides: Overrides = None, ad
     stdout.print(f"model: {result.model_dir}", highlight=False)
 
 
+@train_app.command("sls-rlaif")
+def train_sls_rlaif(config: ConfigOption = None, overrides: Overrides = None, address: AddressOption = None,
+                    resume: ResumeOption = False) -> None:
+    """Safe Latent Space: fit the safe-projection head, PPO from AI feedback with it, evaluate, register.
+
+    Default config: pipelines/configs/sls_rlaif.yaml. The model it writes carries its head, so
+    `safelatent eval --model DIR` and serving run it as trained.
+    """
+    from pipelines.sls_rlaif import SLSRLAIFConfig, run
+
+    settings = _load_settings(SLSRLAIFConfig, config or default_config("sls_rlaif.yaml"), overrides,
+                              {"address": address})
+    try:
+        result = run(settings, resume=resume, console=console)
+    except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    stdout.print(f"model: {result.model_dir}", highlight=False)
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[Optional[str], typer.Option(help="Model to evaluate: a directory, hub id or s3:// prefix.")

@@ -28,6 +28,9 @@ class TrackingSettings(Config):
     experiment: str = Field("safelatent", min_length=1)
     artifact_root: str | None = Field(None, description="Artifact location for a new experiment; default: "
                                                         "mlartifacts/ beside a SQLite database.")
+    registered_model: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                         description="Register the trained model under this name in the MLflow "
+                                                     "model registry (a new version per run); null: no.")
 
     @field_validator("uri")
     @classmethod
@@ -99,6 +102,20 @@ class Tracker:
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def register_model(self, name: str, artifact_path: str, description: str = "") -> int:
+        """A new version of registered model `name` pointing at this run's `artifact_path`; its version number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        run = self.client.get_run(self.run_id)
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(name, source, run_id=self.run_id, description=description)
+        return int(version.version)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -63,3 +63,17 @@ def tiny_judges_dir(tmp_path_factory):
         return build_judges(config, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every pipeline test (starting one costs seconds, its actors more)."""
+    import ray
+
+    if not ray.is_initialized():
+        # The actors' S3 credentials come from the cluster's environment, as on a real cluster (instance roles):
+        # here the fake ones of the moto server the resume test uses.
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}})
+    yield
+    ray.shutdown()

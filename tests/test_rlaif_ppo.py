@@ -22,17 +22,6 @@ STEPS = 4
 COMPARED = ("reward", "kl_to_ref", "policy_loss", "approx_kl", "response_length")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    if not ray.is_initialized():
-        # The actors' S3 credentials come from the cluster's environment, as on a real cluster (instance roles):
-        # here the fake ones of the moto server the resume test uses.
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}})
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def make_config(tiny_llama_dir, tiny_judges_dir, tmp_path):
     def make(*overrides: str) -> RLAIFPPOConfig:

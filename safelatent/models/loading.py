@@ -1,6 +1,8 @@
 """Load and save any Hugging Face causal LM with its tokenizer: a local directory, a hub id or an s3:// prefix.
 
-dtype and device come from config: "auto" means bf16 on a GPU and fp32 on the CPU.
+dtype and device come from config: "auto" means bf16 on a GPU and fp32 on the CPU. A directory that
+carries a safe-projection head (safelatent.models.safe_head) loads with the head attached, and `save()`
+writes an attached head back, so an SLS model behaves the same wherever it is loaded.
 """
 
 import tempfile
@@ -13,6 +15,7 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from safelatent.config import Config
+from safelatent.models.safe_head import has_head, load_head, save_head
 from safelatent.storage import download
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -67,6 +70,8 @@ def load(name_or_path: str | Path, *, dtype: DTypeName = "auto", device: DeviceN
     model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, torch_device), **model_kwargs)
     model.to(torch_device)
     model.eval()
+    if has_head(location):
+        load_head(location, model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
@@ -81,4 +86,5 @@ def save(loaded: LoadedModel | tuple[PreTrainedModel, PreTrainedTokenizerBase], 
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    save_head(model, directory)
     return directory

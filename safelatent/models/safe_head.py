@@ -1,0 +1,110 @@
+"""A safe-projection head that travels with its model: attached by a hook, saved beside the weights.
+
+A model directory with `safe_projection.json` and `safe_projection.safetensors` is an SLS model: `load()`
+attaches the head at the recorded layer, so rollout, learning, evaluation and serving all run the model
+with its head, and `save()` writes the head back. The head stays outside the model's module tree, so the
+Hugging Face weights file is unchanged, LoRA and optimizers never see the head, and any tool that ignores
+the two files still loads the plain model.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from safelatent.models.hooks import Hook, project
+from safelatent.models.layers import resolve_layer
+
+HEAD_CONFIG = "safe_projection.json"
+HEAD_WEIGHTS = "safe_projection.safetensors"
+FORMAT = "safelatent.safe_projection"
+VERSION = 1
+_ATTRIBUTE = "_safelatent_safe_head"
+
+
+@dataclass
+class AttachedHead:
+    layer: int
+    head: nn.Module
+    hook: Hook
+
+    def __deepcopy__(self, memo: dict) -> "AttachedHead":
+        # A deep copy of the model keeps calling the same hook function, hence the same head.
+        return self
+
+
+def attach(model: nn.Module, layer: int, head: nn.Module) -> AttachedHead:
+    """Run `head` on layer ℓ's output in every forward pass of `model`; replaces a head already attached."""
+    detach(model)
+    parameter = next(model.parameters())
+    head.to(parameter.device)
+    attached = AttachedHead(layer=resolve_layer(model, layer), head=head, hook=project(model, layer, head))
+    object.__setattr__(_holder(model), _ATTRIBUTE, attached)
+    return attached
+
+
+def attached_head(model: nn.Module) -> AttachedHead | None:
+    return _holder(model).__dict__.get(_ATTRIBUTE)
+
+
+def detach(model: nn.Module) -> None:
+    """Remove the head, restoring the model's own forward pass exactly."""
+    holder = _holder(model)
+    attached = holder.__dict__.pop(_ATTRIBUTE, None)
+    if attached is not None:
+        attached.hook.remove()
+
+
+def has_head(directory: str | Path) -> bool:
+    return (Path(directory) / HEAD_CONFIG).is_file()
+
+
+def save_head(model: nn.Module, directory: str | Path) -> bool:
+    """Write the attached head (if any) into `directory`; True when one was written."""
+    attached = attached_head(model)
+    if attached is None:
+        return False
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    head = attached.head
+    state = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in head.state_dict().items()}
+    save_file(state, directory / HEAD_WEIGHTS)
+    settings = head.settings() if hasattr(head, "settings") else {}
+    (directory / HEAD_CONFIG).write_text(json.dumps(
+        {"format": FORMAT, "version": VERSION, "layer": attached.layer, **settings}, indent=2) + "\n")
+    return True
+
+
+def load_head(directory: str | Path, model: nn.Module) -> AttachedHead:
+    """Build the head saved in `directory` and attach it to `model` (frozen: training the policy leaves it)."""
+    from safelatent.methods.safe_projection import SafeProjection
+
+    directory = Path(directory)
+    try:
+        spec = json.loads((directory / HEAD_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{directory / HEAD_CONFIG} is not a readable safe-projection config: {error}") from error
+    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        raise ValueError(f"{directory / HEAD_CONFIG}: expected format {FORMAT} version {VERSION}, found "
+                         f"{spec.get('format')} version {spec.get('version')}")
+    hidden = _hidden_size(model)
+    if spec["hidden_size"] != hidden:
+        raise ValueError(f"the safe-projection head in {directory} works on {spec['hidden_size']}-dim states but "
+                         f"the model's are {hidden}-dim: the head belongs to another model")
+    head = SafeProjection(spec["hidden_size"], spec["facets"], spec["rank"], spec["steps"])
+    head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
+    head.requires_grad_(False)
+    return attach(model, spec["layer"], head)
+
+
+def _holder(model: nn.Module) -> nn.Module:
+    # peft and value-head wrappers delegate to the Hugging Face model inside; keep the head on that one.
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.hidden_size)
