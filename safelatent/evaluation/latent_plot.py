@@ -51,7 +51,7 @@ def write_latent_plot(states: torch.Tensor, labels: torch.Tensor, head: nn.Modul
             _draw_facet(ax, weight, float(bias), mean, plane, (x_low, x_high), (y_low, y_high))
         ax.set_xlim(x_low, x_high)
         ax.set_ylim(y_low, y_high)
-    axes[0].set_ylabel("top principal direction ⟂ normal")
+    axes[0].set_ylabel("top principal direction orthogonal to it")
     axes[0].legend(loc="best", markerscale=3)
     if title:
         figure.suptitle(title)

@@ -31,10 +31,10 @@ class HeadSettings(Config):
     layer: int | Literal["auto"] = Field("auto", description="Decoder layer whose output the head projects; "
                                                              "'auto' picks the layer where a linear probe best "
                                                              "separates harmful from safe behaviour (validation).")
-    facets: int = Field(1, ge=1, le=64, description="K, the number of half-spaces bounding the safe set.")
+    facets: int = Field(4, ge=1, le=64, description="K, the number of half-spaces bounding the safe set.")
     rank: int = Field(0, ge=0, description="Rank of the optional learned correction; 0 for the pure projection.")
     dykstra_steps: int = Field(20, ge=1, description="Dykstra rounds of the projection when facets > 1.")
-    init_quantile: float = Field(0.5, gt=0, lt=1, description="Each facet starts with b at this quantile of the "
+    init_quantile: float = Field(0.25, gt=0, lt=1, description="Each facet starts with b at this quantile of the "
                                                               "safe states' projections onto its normal.")
     lambda_move: float = Field(0.1, ge=0, description="Price of moving any state (relative squared distance).")
     lambda_keep: float = Field(2.0, ge=0, description="Extra price of moving a safe state.")
@@ -154,12 +154,13 @@ def _adversarial(head: SafeProjection, states: torch.Tensor, labels: torch.Tenso
     generator = torch.Generator().manual_seed(settings.seed)
     scale = states.pow(2).sum(-1).mean()
     probe = nn.Linear(states.shape[1], 1)
-    head_optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr)
-    probe_optimizer = torch.optim.Adam(probe.parameters(), lr=settings.lr)
     # Adam steps are a fixed size; give the facets' offsets and normals steps in the states' own units.
     step_scale = math.sqrt(float(scale) / states.shape[1])
-    for group in head_optimizer.param_groups:
-        group["lr"] = settings.lr * step_scale
+    facets = [head.weight, head.bias]
+    learned = [parameter for name, parameter in head.named_parameters() if name not in ("weight", "bias")]
+    head_optimizer = torch.optim.Adam([{"params": facets, "lr": settings.lr * step_scale},
+                                       {"params": learned, "lr": settings.lr}])
+    probe_optimizer = torch.optim.Adam(probe.parameters(), lr=settings.lr)
     for _ in range(settings.adversarial_steps):
         index = torch.randint(len(states), (min(settings.batch_size, len(states)),), generator=generator)
         batch, batch_labels = states[index], labels[index]

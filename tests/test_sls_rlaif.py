@@ -1,0 +1,52 @@
+"""The sls-rlaif pipeline on a local Ray cluster: fit the head, PPO with it, evaluate, track and register."""
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from pipelines.sls_rlaif import FIT_RECORD, SLSRLAIFConfig, run
+from safelatent.config import load_config
+from safelatent.models.loading import load
+from safelatent.models.safe_head import attached_head, has_head
+
+
+def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_model(
+        ray_cluster, tiny_llama_dir, tiny_judges_dir, tmp_path):
+    config = load_config(SLSRLAIFConfig, None, [
+        f"model={tiny_llama_dir}", "base_model_config=null", f"judges={tiny_judges_dir}", "judges_config=null",
+        "steps=2", f"out_root={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "rollout.prompts_per_step=4", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
+        "ppo.minibatch_size=4", "ppo.epochs=1", "optimizer.learning_rate=1e-3",
+        "evaluation.limit=2", "evaluation.max_new_tokens=8",
+        "head.facets=2", "head.examples_per_kind=8", "head.adversarial_steps=10",
+        "microworld.benign_per_family={train: 10, validation: 4, test: 10}",
+        "microworld.harmful_per_category={train: 4, validation: 4, test: 4}",
+        "microworld.jailbreaks_per_wrapper={train: 2, validation: 2, test: 2}"])
+    result = run(config)
+    assert result.steps_done == 2
+
+    start = config.out_dir() / "start_model"
+    record = json.loads((start / FIT_RECORD).read_text())
+    assert has_head(start) and 0 <= record["layer"] < 3
+    report = json.loads((config.out_dir() / "head" / "fit_report.json").read_text())
+    assert set(report["layer_accuracies"]) == {"0", "1", "2"} and report["layer"] == record["layer"]
+    assert (config.out_dir() / "head" / "latent_space.png").stat().st_size > 10_000
+
+    assert has_head(result.model_dir), "the exported model must carry its head"
+    trained = load(result.model_dir, device="cpu")
+    assert attached_head(trained.model).layer == record["layer"]
+    assert set(result.evaluation) >= {"harmlessness", "task_accuracy", "over_refusal"}
+
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    run_id = result.tracking_run.rsplit(" ", 1)[-1]
+    mlflow_run = client.get_run(run_id)
+    assert mlflow_run.data.tags["pipeline"] == "sls-rlaif"
+    assert "head/probe_accuracy_after" in mlflow_run.data.metrics and "eval/harmlessness" in mlflow_run.data.metrics
+    assert {"model", "eval", "head"} <= {item.path for item in client.list_artifacts(run_id)}
+    versions = client.search_model_versions("name='sls-rlaif'")
+    assert [version.run_id for version in versions] == [run_id] and result.registered == "sls-rlaif version 1"
+
+    # The same inputs reuse the fitted start model instead of fitting again.
+    before = (start / FIT_RECORD).stat().st_mtime_ns
+    again = run(config.model_copy(update={"name": "sls-rlaif", "steps": 1}), resume=True)
+    assert (start / FIT_RECORD).stat().st_mtime_ns == before and again.steps_done == 2
