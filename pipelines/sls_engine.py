@@ -2,12 +2,22 @@
 
 import gc
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipelines.ppo_engine import PPOEngine
-from pipelines.sls_rlaif import FIT_RECORD, HEAD_DIR, START_MODEL_DIR, SLSRLAIFConfig, head_fit_key, read_fit_record
+from pipelines.sls_rlaif import (
+    FIT_RECORD,
+    FIT_REPORT,
+    LATENT_PLOT,
+    SLSRLAIFConfig,
+    head_fit_key,
+    read_fit_record,
+    start_model_dir,
+)
 from safelatent.data.microworld import build_microworld
 from safelatent.evaluation.latent_plot import write_latent_plot
 from safelatent.methods.behaviour_latents import behaviour_examples, collect_latents
@@ -17,28 +27,29 @@ from safelatent.models.loading import load, save
 from safelatent.models.safe_head import attach
 from safelatent.tracking import Tracker
 
-REPORT_FILE = "fit_report.json"
-PLOT_FILE = "latent_space.png"
-
 
 class SLSEngine(PPOEngine):
     config: SLSRLAIFConfig
 
+    start_dir: Path | None = None
+
     def resolve_model(self) -> str:
         base = super().resolve_model()
-        return str(self.start_model(base))
+        self.start_dir = self.start_model(base)
+        return str(self.start_dir)
 
     def start_model(self, base: str) -> Path:
         """The base model with a fitted head, saved once per (base model, head settings, micro-world)."""
         config = self.config
-        target = config.out_dir() / START_MODEL_DIR
+        target = start_model_dir(config, base)
         key = head_fit_key(config, base)
         record = read_fit_record(target)
         if record is not None and record.get("key") == key:
             self.console.print(f"safe-projection head: reusing {target} (fitted on layer {record['layer']})")
             return target
-        if target.exists():
-            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Fit into a scratch folder and rename it into place, so concurrent runs never see half a model.
+        scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
         settings = config.head
         with self.console.status("fitting the safe-projection head on the base model's latents"):
             loaded = load(base, dtype="float32", device=config.policy.device)
@@ -54,17 +65,22 @@ class SLSEngine(PPOEngine):
             layer, accuracies = pick_layer(train, validation, settings.seed) if settings.layer == "auto" else (
                 layers[0], {})
             head, report = fit_head(train, validation, settings, accuracies, layer=layer)
-            head_dir = config.out_dir() / HEAD_DIR
-            head_dir.mkdir(parents=True, exist_ok=True)
-            (head_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-            write_latent_plot(validation.states[layer], validation.labels, head, head_dir / PLOT_FILE,
-                              title=f"safe-projection head at layer {layer} (validation states)")
             attach(model, layer, head)
-            save(loaded, target)
-            (target / FIT_RECORD).write_text(json.dumps({"key": key, "base_model": base, "layer": layer}) + "\n")
+            save(loaded, scratch)
+            (scratch / FIT_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            write_latent_plot(validation.states[layer], validation.labels, head, scratch / LATENT_PLOT,
+                              title=f"safe-projection head at layer {layer} (validation states)")
+            (scratch / FIT_RECORD).write_text(json.dumps({"key": key, "base_model": base, "layer": layer}) + "\n")
             del loaded, model, train, validation
             gc.collect()
-        self.console.print(f"safe-projection head: layer {layer}, {settings.facets} facet(s); a fresh probe tells "
+        if target.exists():  # an incomplete leftover, or a concurrent run finished first
+            if read_fit_record(target) is not None:
+                shutil.rmtree(scratch)
+                return target
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+        self.console.print(f"safe-projection head in {target}: layer {layer}, {settings.facets} facet(s); a fresh "
+                           "probe tells "
                            f"harmful from safe states {report.probe_accuracy_before:.1%} → "
                            f"{report.probe_accuracy_after:.1%}; moves {report.harmful_moved:.0%} of harmful and "
                            f"{report.safe_moved:.0%} of safe states (validation)")
@@ -72,11 +88,10 @@ class SLSEngine(PPOEngine):
 
     def log_inputs(self, tracker: Tracker, roles: dict[str, Any], model_path: str, judges_dir: str) -> None:
         super().log_inputs(tracker, roles, model_path, judges_dir)
-        head_dir = self.config.out_dir() / HEAD_DIR
-        if not (head_dir / REPORT_FILE).is_file():
-            return
-        report = json.loads((head_dir / REPORT_FILE).read_text())
+        start = Path(model_path)
+        report = json.loads((start / FIT_REPORT).read_text())
         tracker.log_metrics({f"head/{name}": value for name, value in report.items()
                              if isinstance(value, (int, float))}, 0)
-        tracker.set_tags({"head.layer": report["layer"]})
-        tracker.log_artifacts(head_dir, HEAD_DIR)
+        tracker.set_tags({"head.layer": report["layer"], "start_model": str(start)})
+        for name in (FIT_REPORT, LATENT_PLOT, FIT_RECORD):
+            tracker.log_artifact(start / name, "head")

@@ -1,7 +1,9 @@
 """SLS-RLAIF: Safe Latent Space with PPO from AI feedback in the loop (DESIGN 6.3).
 
     1. head    ← fit a safe-projection head on the base model's latents (adversarially, against a probe);
-                 the base model plus the head is saved as the run's starting model
+                 the base model plus the head is saved as the starting model, under
+                 <out_root>/start_models/<key of base model, head settings and micro-world>, so runs that
+                 differ only in their PPO settings fit it once
     2. policy  ← PPO from AI feedback on that model (the RLAIF-PPO engine); the head is in every forward
                  pass: rollout, reference, learner
     3. evaluate the exported model (it carries the head, so `safelatent eval` and Serve see the same model)
@@ -23,9 +25,10 @@ from pipelines.rlaif_ppo import RLAIFPPOConfig, RunResult, StepCallback
 from safelatent.methods.head_training import HeadSettings
 from safelatent.tracking import TrackingSettings
 
-HEAD_DIR = "head"
-START_MODEL_DIR = "start_model"
+START_MODELS_DIR = "start_models"  # under out_root: one fitted start model per head_fit_key, shared by runs
 FIT_RECORD = "fit.json"  # written last: a start model without it is incomplete
+FIT_REPORT = "fit_report.json"
+LATENT_PLOT = "latent_space.png"
 
 
 class SLSRLAIFConfig(RLAIFPPOConfig):
@@ -45,6 +48,11 @@ def run(config: SLSRLAIFConfig, resume: bool = False, console: Console | None = 
 
     console = console or Console(stderr=True)
     return SLSEngine(config, console).run(resume=resume, on_step=on_step)
+
+
+def start_model_dir(config: SLSRLAIFConfig, base_model: str) -> Path:
+    """Where the base model with its fitted head lives; runs (and tuning trials) with the same inputs share it."""
+    return Path(config.out_root) / START_MODELS_DIR / head_fit_key(config, base_model)
 
 
 def head_fit_key(config: SLSRLAIFConfig, base_model: str) -> str:

@@ -103,6 +103,9 @@ class Tracker:
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+
     def register_model(self, name: str, artifact_path: str, description: str = "") -> int:
         """A new version of registered model `name` pointing at this run's `artifact_path`; its version number."""
         from mlflow.exceptions import MlflowException

@@ -4,7 +4,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from pipelines.sls_rlaif import FIT_RECORD, SLSRLAIFConfig, run
+from pipelines.sls_rlaif import FIT_RECORD, FIT_REPORT, LATENT_PLOT, SLSRLAIFConfig, run, start_model_dir
 from safelatent.config import load_config
 from safelatent.models.loading import load
 from safelatent.models.safe_head import attached_head, has_head
@@ -25,12 +25,13 @@ def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_mo
     result = run(config)
     assert result.steps_done == 2
 
-    start = config.out_dir() / "start_model"
+    start = start_model_dir(config, str(tiny_llama_dir))
     record = json.loads((start / FIT_RECORD).read_text())
     assert has_head(start) and 0 <= record["layer"] < 3
-    report = json.loads((config.out_dir() / "head" / "fit_report.json").read_text())
+    report = json.loads((start / FIT_REPORT).read_text())
     assert set(report["layer_accuracies"]) == {"0", "1", "2"} and report["layer"] == record["layer"]
-    assert (config.out_dir() / "head" / "latent_space.png").stat().st_size > 10_000
+    assert (start / LATENT_PLOT).stat().st_size > 10_000
+    assert not [path for path in start.parent.iterdir() if path.name.startswith(".")], "scratch folder left behind"
 
     assert has_head(result.model_dir), "the exported model must carry its head"
     trained = load(result.model_dir, device="cpu")
@@ -46,7 +47,8 @@ def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_mo
     versions = client.search_model_versions("name='sls-rlaif'")
     assert [version.run_id for version in versions] == [run_id] and result.registered == "sls-rlaif version 1"
 
-    # The same inputs reuse the fitted start model instead of fitting again.
+    # Another run with the same head settings (here: resuming this one) reuses the start model.
     before = (start / FIT_RECORD).stat().st_mtime_ns
-    again = run(config.model_copy(update={"name": "sls-rlaif", "steps": 1}), resume=True)
+    again = run(config.model_copy(update={"steps": 1}), resume=True)
     assert (start / FIT_RECORD).stat().st_mtime_ns == before and again.steps_done == 2
+    assert again.registered == "sls-rlaif version 2"

@@ -34,7 +34,7 @@ class HeadSettings(Config):
     facets: int = Field(4, ge=1, le=64, description="K, the number of half-spaces bounding the safe set.")
     rank: int = Field(0, ge=0, description="Rank of the optional learned correction; 0 for the pure projection.")
     dykstra_steps: int = Field(20, ge=1, description="Dykstra rounds of the projection when facets > 1.")
-    init_quantile: float = Field(0.25, gt=0, lt=1, description="Each facet starts with b at this quantile of the "
+    init_quantile: float = Field(0.5, gt=0, lt=1, description="Each facet starts with b at this quantile of the "
                                                               "safe states' projections onto its normal.")
     lambda_move: float = Field(0.1, ge=0, description="Price of moving any state (relative squared distance).")
     lambda_keep: float = Field(2.0, ge=0, description="Extra price of moving a safe state.")
