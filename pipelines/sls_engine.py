@@ -19,6 +19,7 @@ from pipelines.sls_rlaif import (
     start_model_dir,
 )
 from safelatent.data.microworld import build_microworld
+from safelatent.errors import ConfigError
 from safelatent.evaluation.latent_plot import write_latent_plot
 from safelatent.methods.behaviour_latents import behaviour_examples, collect_latents
 from safelatent.methods.head_training import fit_head, pick_layer
@@ -51,28 +52,35 @@ class SLSEngine(PPOEngine):
         # Fit into a scratch folder and rename it into place, so concurrent runs never see half a model.
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
         settings = config.head
-        with self.console.status("fitting the safe-projection head on the base model's latents"):
-            loaded = load(base, dtype="float32", device=config.policy.device)
-            model, tokenizer = loaded.model, loaded.tokenizer
-            world = build_microworld(config.microworld)
-            layers = (range(num_layers(model)) if settings.layer == "auto"
-                      else [resolve_layer(model, settings.layer)])
-            per_kind = settings.examples_per_kind
-            train = collect_latents(model, tokenizer, behaviour_examples(
-                world["train"].to_list(), per_kind, settings.seed), layers)
-            validation = collect_latents(model, tokenizer, behaviour_examples(
-                world["validation"].to_list(), max(1, per_kind // 4), settings.seed), layers)
-            layer, accuracies = pick_layer(train, validation, settings.seed) if settings.layer == "auto" else (
-                layers[0], {})
-            head, report = fit_head(train, validation, settings, accuracies, layer=layer)
-            attach(model, layer, head)
-            save(loaded, scratch)
-            (scratch / FIT_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-            write_latent_plot(validation.states[layer], validation.labels, head, scratch / LATENT_PLOT,
-                              title=f"safe-projection head at layer {layer} (validation states)")
-            (scratch / FIT_RECORD).write_text(json.dumps({"key": key, "base_model": base, "layer": layer}) + "\n")
-            del loaded, model, train, validation
-            gc.collect()
+        try:
+            with self.console.status("fitting the safe-projection head on the base model's latents"):
+                loaded = load(base, dtype="float32", device=config.policy.device)
+                model, tokenizer = loaded.model, loaded.tokenizer
+                world = build_microworld(config.microworld)
+                try:
+                    layers = (range(num_layers(model)) if settings.layer == "auto"
+                              else [resolve_layer(model, settings.layer)])
+                except IndexError as error:
+                    raise ConfigError(f"head.layer: {error}") from None
+                per_kind = settings.examples_per_kind
+                train = collect_latents(model, tokenizer, behaviour_examples(
+                    world["train"].to_list(), per_kind, settings.seed), layers)
+                validation = collect_latents(model, tokenizer, behaviour_examples(
+                    world["validation"].to_list(), max(1, per_kind // 4), settings.seed), layers)
+                layer, accuracies = pick_layer(train, validation, settings.seed) if settings.layer == "auto" else (
+                    layers[0], {})
+                head, report = fit_head(train, validation, settings, accuracies, layer=layer)
+                attach(model, layer, head)
+                save(loaded, scratch)
+                (scratch / FIT_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+                write_latent_plot(validation.states[layer], validation.labels, head, scratch / LATENT_PLOT,
+                                  title=f"safe-projection head at layer {layer} (validation states)")
+                (scratch / FIT_RECORD).write_text(json.dumps({"key": key, "base_model": base, "layer": layer}) + "\n")
+                del loaded, model, train, validation
+                gc.collect()
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         if target.exists():  # an incomplete leftover, or a concurrent run finished first
             if read_fit_record(target) is not None:
                 shutil.rmtree(scratch)

@@ -52,3 +52,18 @@ def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_mo
     again = run(config.model_copy(update={"steps": 1}), resume=True)
     assert (start / FIT_RECORD).stat().st_mtime_ns == before and again.steps_done == 2
     assert again.registered == "sls-rlaif version 2"
+
+
+def test_a_head_layer_the_model_lacks_fails_before_any_actor_starts_and_leaves_nothing(
+        tiny_llama_dir, tiny_judges_dir, tmp_path):
+    import pytest
+
+    from safelatent.errors import ConfigError
+
+    config = load_config(SLSRLAIFConfig, None, [
+        f"model={tiny_llama_dir}", "base_model_config=null", f"judges={tiny_judges_dir}", "judges_config=null",
+        f"out_root={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "head.layer=7"])
+    with pytest.raises(ConfigError, match="head.layer: layer 7 is out of range for a model with 3 layers"):
+        run(config)
+    assert list((tmp_path / "out" / "start_models").iterdir()) == []
+    assert not (tmp_path / "mlflow.db").exists(), "nothing is tracked for a run that never started"
