@@ -63,7 +63,7 @@ def test_a_head_layer_the_model_lacks_fails_before_any_actor_starts_and_leaves_n
     config = load_config(SLSRLAIFConfig, None, [
         f"model={tiny_llama_dir}", "base_model_config=null", f"judges={tiny_judges_dir}", "judges_config=null",
         f"out_root={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "head.layer=7"])
-    with pytest.raises(ConfigError, match="head.layer: layer 7 is out of range for a model with 3 layers"):
+    with pytest.raises(ConfigError, match=r"head\.layer: layer 7 is out of range for a model with 3 layers"):
         run(config)
     assert list((tmp_path / "out" / "start_models").iterdir()) == []
     assert not (tmp_path / "mlflow.db").exists(), "nothing is tracked for a run that never started"
