@@ -6,14 +6,16 @@ not move (exactly: the correction is a product with zero). Points outside move t
 - K > 1, Dykstra's alternating projections, unrolled for `steps` rounds so gradients flow through them;
   the correction lies in the span of the active facets' normals.
 Optionally a learned low-rank part moves violating points along U before the projection:
-π(z) = Π_S(z − g(z)·U Uᵀ φ(z)), with g(z) = d/(1+d) and d the distance from z to S, so points inside S
-still do not move and the output is still in S.
+π(z) = Π_S(z − g(z)·U Uᵀ φ(z)), with g(z) = d/(1+d) and d the distance from z to S (less a float-rounding
+tolerance), so points inside S still do not move and the output is still in S.
 
 All math runs in float32 whatever the model's dtype; the output has the input's dtype.
 """
 
 import torch
 from torch import nn
+
+BOUNDARY_TOLERANCE = 1e-5  # relative to ‖z‖: how far past a facet float rounding can leave a projected point
 
 
 def project_halfspace(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,9 @@ class SafeProjection(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         points = z.float()
         if self.rank:
-            distance = torch.relu(violation(points, self.weight, self.bias)).unsqueeze(-1)
+            # Points on the boundary up to float rounding count as inside, so π stays idempotent.
+            rounding = BOUNDARY_TOLERANCE * points.norm(dim=-1)
+            distance = torch.relu(violation(points, self.weight, self.bias) - rounding).unsqueeze(-1)
             shift = self.direction(points) @ self.basis.T
             points = points - distance / (1 + distance) * shift
         return project_polytope(points, self.weight, self.bias, self.steps).to(z.dtype)
