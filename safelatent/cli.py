@@ -228,13 +228,7 @@ def train_rlaif_ppo(config: ConfigOption = None, overrides: Overrides = None, ad
     """
     from pipelines.rlaif_ppo import RLAIFPPOConfig, run
 
-    settings = _load_settings(RLAIFPPOConfig, config or default_config("rlaif_ppo.yaml"), overrides,
-                              {"address": address})
-    try:
-        result = run(settings, resume=resume, console=console)
-    except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
-        raise _fail(error, 1) from None
-    stdout.print(f"model: {result.model_dir}", highlight=False)
+    _train(RLAIFPPOConfig, run, config or default_config("rlaif_ppo.yaml"), overrides, address, resume)
 
 
 @train_app.command("sls-rlaif")
@@ -247,8 +241,13 @@ def train_sls_rlaif(config: ConfigOption = None, overrides: Overrides = None, ad
     """
     from pipelines.sls_rlaif import SLSRLAIFConfig, run
 
-    settings = _load_settings(SLSRLAIFConfig, config or default_config("sls_rlaif.yaml"), overrides,
-                              {"address": address})
+    _train(SLSRLAIFConfig, run, config or default_config("sls_rlaif.yaml"), overrides, address, resume)
+
+
+def _train(config_class, run, config_path: Path, overrides: list[str] | None, address: str | None,
+           resume: bool) -> None:
+    """Load a pipeline's config (with overrides and --address), run it, and print where the model went."""
+    settings = _load_settings(config_class, config_path, overrides, {"address": address})
     try:
         result = run(settings, resume=resume, console=console)
     except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
