@@ -8,12 +8,21 @@ lists inside a peft or value-head wrapper. Layer ℓ's output is the residual st
 from torch import nn
 
 
-def num_layers(model: nn.Module) -> int:
+def text_config(model: nn.Module):
+    """The config of the model's language part (the whole config for a text-only model)."""
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no config; pass a Hugging Face model")
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    count = getattr(text_config, "num_hidden_layers", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def hidden_size(model: nn.Module) -> int:
+    """d, the width of the residual stream."""
+    return int(text_config(model).hidden_size)
+
+
+def num_layers(model: nn.Module) -> int:
+    count = getattr(text_config(model), "num_hidden_layers", None)
     if count is None:
         raise ValueError(f"cannot tell how many layers {type(model).__name__} has: its config has no "
                          "num_hidden_layers")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safelatent.models.hooks import Hook, project
-from safelatent.models.layers import resolve_layer
+from safelatent.models.layers import hidden_size, resolve_layer
 
 HEAD_CONFIG = "safe_projection.json"
 HEAD_WEIGHTS = "safe_projection.safetensors"
@@ -72,9 +72,8 @@ def save_head(model: nn.Module, directory: str | Path) -> bool:
     head = attached.head
     state = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in head.state_dict().items()}
     save_file(state, directory / HEAD_WEIGHTS)
-    settings = head.settings() if hasattr(head, "settings") else {}
     (directory / HEAD_CONFIG).write_text(json.dumps(
-        {"format": FORMAT, "version": VERSION, "layer": attached.layer, **settings}, indent=2) + "\n")
+        {"format": FORMAT, "version": VERSION, "layer": attached.layer, **head.settings()}, indent=2) + "\n")
     return True
 
 
@@ -90,7 +89,7 @@ def load_head(directory: str | Path, model: nn.Module) -> AttachedHead:
     if spec.get("format") != FORMAT or spec.get("version") != VERSION:
         raise ValueError(f"{directory / HEAD_CONFIG}: expected format {FORMAT} version {VERSION}, found "
                          f"{spec.get('format')} version {spec.get('version')}")
-    hidden = _hidden_size(model)
+    hidden = hidden_size(model)
     if spec["hidden_size"] != hidden:
         raise ValueError(f"the safe-projection head in {directory} works on {spec['hidden_size']}-dim states but "
                          f"the model's are {hidden}-dim: the head belongs to another model")
@@ -101,10 +100,5 @@ def load_head(directory: str | Path, model: nn.Module) -> AttachedHead:
 
 
 def _holder(model: nn.Module) -> nn.Module:
-    # peft and value-head wrappers delegate to the Hugging Face model inside; keep the head on that one.
+    # A peft wrapper delegates to the Hugging Face model inside; keep the head on that one.
     return model.get_base_model() if hasattr(model, "peft_config") else model
-
-
-def _hidden_size(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(config.hidden_size)
