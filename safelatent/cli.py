@@ -255,6 +255,50 @@ def _train(config_class, run, config_path: Path, overrides: list[str] | None, ad
     stdout.print(f"model: {result.model_dir}", highlight=False)
 
 
+@app.command("serve")
+def serve_model(
+    model: Annotated[Optional[str], typer.Option(help="Directory, s3:// prefix, hub id, or models:/NAME@ALIAS.")
+                     ] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A Serve config file; default: "
+                                                                          "pipelines/configs/serve.yaml.")] = None,
+    overrides: Overrides = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    address: AddressOption = None,
+    query: Annotated[Optional[str], typer.Option(
+        help="Ask this once over HTTP, print the request and the answer, then stop the server.")] = None,
+) -> None:
+    """Serve a model behind an OpenAI-compatible API with guardrails (Ray Serve), until Ctrl-C.
+
+    The settings are the args of the Serve config file (the same file `serve run` and a RayService use);
+    --model and key.sub=value overrides change them. API keys come from $SAFELATENT_API_KEYS.
+    Example: safelatent serve --model runs/sls_rlaif/sls-rlaif/model guardrails.harm_judge=microworld-oracle
+    """
+    from safelatent.config import apply_overrides, validate_config
+    from safelatent.serving.settings import ServeConfig
+
+    config_path = config or default_config("serve.yaml")
+    try:
+        from pipelines.deploy import serve_file_args
+
+        raw = serve_file_args(config_path)
+        if model is not None:
+            raw["model"] = model
+        origins = apply_overrides(raw, overrides or [])
+        settings = validate_config(ServeConfig, raw, str(config_path), origins)
+        from safelatent.serving.access import key_digests
+
+        key_digests(settings.api_keys)
+    except ConfigError as error:
+        raise _fail(error, 2) from None
+    from pipelines.deploy import run_server
+
+    try:
+        run_server(settings, host=host, port=port, address=address, query=query, console=console, out=stdout)
+    except (SafelatentError, FileNotFoundError, OSError, ValueError, TimeoutError) as error:
+        raise _fail(error, 1) from None
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[Optional[str], typer.Option(help="Model to evaluate: a directory, hub id or s3:// prefix.")

@@ -49,24 +49,36 @@ def load_config(config_class: type[C], path: str | Path | None = None, overrides
     raw = _defaults(config_class)
     if path is not None:
         _merge(raw, _read_yaml(Path(path)))
-    override_keys: dict[tuple[str, ...], str] = {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        _set_nested(raw, keys, value, text)
-        override_keys[keys] = text
+    override_keys = apply_overrides(raw, overrides)
     for key, value in (options or {}).items():
         if value is not None:
             keys = tuple(key.split("."))
             text = f"--{key.replace('_', '-')} {value}"
             _set_nested(raw, keys, value, text)
             override_keys[keys] = text
+    return validate_config(config_class, raw, source, override_keys)
+
+
+def validate_config(config_class: type[C], raw: Mapping[str, Any], source: str | None = None,
+                    override_keys: dict[tuple[str, ...], str] | None = None) -> C:
+    """Validate a mapping as a config; a ConfigError names every bad field, where it came from and why."""
     _refuse_secrets(raw, source)
     try:
         return config_class.model_validate(raw)
     except ValidationError as error:
-        problems = [_describe(config_class, detail, source, override_keys) for detail in error.errors()]
+        problems = [_describe(config_class, detail, source, override_keys or {}) for detail in error.errors()]
         heading = f"invalid {config_class.__name__}" + (f" from {source}" if source else "")
         raise ConfigError(heading + ":\n" + "\n".join(f"  - {problem}" for problem in problems)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[tuple[str, ...], str]:
+    """Set each `key.sub=value` override in a raw config mapping; which keys each override set."""
+    override_keys: dict[tuple[str, ...], str] = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_nested(raw, keys, value, text)
+        override_keys[keys] = text
+    return override_keys
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
