@@ -57,3 +57,43 @@ def save_tiny_chat_model(directory: Path, architecture: str = "llama", seed: int
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_memorized_chat_model(directory: Path, exchanges: list[tuple[str, str]], architecture: str = "llama",
+                              steps: int = 150, seed: int = 0) -> Path:
+    """A tiny chat model trained until it answers each (prompt, reply) exchange with its reply under greedy
+    decoding: a model whose behaviour a test can predict (for example one that complies with a harmful request)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(architecture, len(tokenizer), seed)
+    sequences, masks = [], []
+    for prompt, reply in exchanges:
+        context = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                add_generation_prompt=True)
+        prompt_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        sequences.append(prompt_ids + reply_ids)
+        masks.append([0] * len(prompt_ids) + [1] * len(reply_ids))
+    width = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
+    labels = torch.full((len(sequences), width), -100)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (sequence, mask) in enumerate(zip(sequences, masks, strict=True)):
+        input_ids[row, :len(sequence)] = torch.tensor(sequence)
+        attention[row, :len(sequence)] = 1
+        labels[row, :len(sequence)] = torch.tensor([t if m else -100 for t, m in zip(sequence, mask, strict=True)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -39,7 +39,7 @@ class GuardrailSettings(Config):
     harm_judge: str | None = Field(None, description=f"Harm classifier directory or s3:// prefix, or {ORACLE!r}; "
                                                      "needed when input_harm or output_harm is on.")
     input_harm: HarmPolicy = Field("off", description="Harmful content in the user's message.")
-    output_harm: HarmPolicy = Field("block", description="Harmful compliance in the model's reply.")
+    output_harm: HarmPolicy = Field("off", description="Harmful compliance in the model's reply.")
     pii: PIIPolicy = Field("redact", description="Personal data in the user's messages and the model's reply.")
     threshold: float | None = Field(None, gt=0, lt=1, description="P(harmful) that counts as a hit; null: the "
                                                                   "classifier's own threshold.")
