@@ -152,3 +152,18 @@ def test_train_rlaif_ppo_rejects_bad_settings_before_starting_anything(tmp_path)
     result = runner.invoke(app, [*base, "judges_config=missing.yaml"])
     assert result.exit_code == 2 and "missing.yaml" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_serve_refuses_bad_settings_before_starting_anything(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAFELATENT_API_KEYS", raising=False)
+    result = runner.invoke(app, ["serve", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "no API keys" in result.output and "SAFELATENT_API_KEYS" in result.output
+    monkeypatch.setenv("SAFELATENT_API_KEYS", "k")
+    result = runner.invoke(app, ["serve", "--model", str(tmp_path), "batching.max_batch_size=0"])
+    assert result.exit_code == 2 and "batching.max_batch_size" in result.output
+    result = runner.invoke(app, ["serve", "--model", "models:/no-alias", "guardrails.pii=off"])
+    assert result.exit_code == 2 and "models:/NAME@ALIAS" in result.output
+    bad_file = tmp_path / "serve.yaml"
+    bad_file.write_text("applications: []\n")
+    result = runner.invoke(app, ["serve", "-c", str(bad_file)])
+    assert result.exit_code == 2 and "no applications" in result.output

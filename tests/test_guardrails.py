@@ -88,6 +88,7 @@ def test_settings_refuse_a_harm_check_without_a_judge():
         GuardrailSettings(output_harm="block")
     assert GuardrailSettings().active  # PII redaction is on by default; harm checks need a judge
     assert not GuardrailSettings(output_harm="off", pii="off").active
+    assert GuardrailSettings(pii=False).pii == "off"  # a bare `off` in YAML
     with pytest.raises(ValueError, match="judge must be given"):
         Guardrail(GuardrailSettings(harm_judge=ORACLE, output_harm="flag"))
 
@@ -100,7 +101,7 @@ def test_learned_judge_loads_from_a_judges_build(tiny_judges_dir, tmp_path):
     guard = Guardrail(GuardrailSettings(harm_judge="x", output_harm="flag", threshold=0.999999), judge)
     assert guard.cut == 0.999999
     assert isinstance(load_judge(ORACLE), OracleJudge)
-    with pytest.raises(FileNotFoundError, match="judge.json"):
+    with pytest.raises(FileNotFoundError, match=r"judge\.json"):
         load_judge(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         load_judge(str(tiny_judges_dir))  # the build folder, not its harm_classifier

@@ -17,7 +17,27 @@ CLASSES = {"microworld": MicroWorldConfig, "base_model": BaseModelConfig, "judge
            "sls_rlaif": SLSRLAIFConfig}
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+SERVE_FILES = ("serve.yaml",)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in SERVE_FILES),
+                         ids=lambda path: path.name)
 def test_shipped_config_loads(path):
     config_class = next(cls for prefix, cls in CLASSES.items() if path.stem.startswith(prefix))
     load_config(config_class, path)
+
+
+@pytest.mark.parametrize("name", SERVE_FILES)
+def test_shipped_serve_file_builds_its_application(name, monkeypatch):
+    """The Serve config file's args are a valid ServeConfig and `build_app` (its import_path) accepts them."""
+    import yaml
+
+    from pipelines.deploy import build_app, serve_file_args
+    from safelatent.serving.settings import ServeConfig
+
+    document = yaml.safe_load((CONFIGS / name).read_text())
+    assert document["applications"][0]["import_path"] == "pipelines.deploy:build_app"
+    args = serve_file_args(CONFIGS / name)
+    config = ServeConfig.model_validate(args)
+    monkeypatch.setenv(config.api_keys.env, "a-key")
+    assert build_app(args) is not None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from safelatent.config import Config
 from safelatent.data.responses import contains_payload
@@ -49,6 +49,12 @@ class GuardrailSettings(Config):
                                                            "only text that passed a check is sent.")
     stream_holdback_chars: int = Field(32, ge=0, description="While streaming, text this close to the end waits "
                                                              "for the next check (a PII span may still grow).")
+
+    @field_validator("input_harm", "output_harm", "pii", mode="before")
+    @classmethod
+    def _yaml_off(cls, policy: object) -> object:
+        """YAML reads a bare `off` as false; take it as the policy "off" it was meant to be."""
+        return "off" if policy is False else policy
 
     @model_validator(mode="after")
     def _judge_when_needed(self) -> "GuardrailSettings":
