@@ -83,13 +83,37 @@ class ModelServer:
                              f"{max(room, 0)} tokens or shorten the prompt"}
         return {"prompt_ids": ids}
 
-    async def generate(self, prompt_ids: list[int], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream one request's deltas ({"text", "completion_tokens", "finish_reason"})."""
-        async for delta in self._decode((prompt_ids, SamplingParams(**params))):
+    async def complete(self, messages: list[dict[str, str]] | None, prompt: str | None,
+                       params: dict[str, Any]) -> dict[str, Any]:
+        """One request's whole reply ({"prompt_tokens", "text", "completion_tokens", "finish_reason"}, or
+        {"error"}), decoded in a batch with whatever else is waiting: one message back, however many tokens."""
+        prepared = self.prepare(messages, prompt, params["max_tokens"])
+        if "error" in prepared:
+            return prepared
+        text, tokens, finish = "", 0, FINISH_STOP
+        async for delta in self._decode((prepared["prompt_ids"], SamplingParams(**params))):
+            text += delta.text
+            tokens = delta.completion_tokens
+            finish = delta.finish_reason or finish
+        return {"prompt_tokens": len(prepared["prompt_ids"]), "text": text, "completion_tokens": tokens,
+                "finish_reason": finish}
+
+    async def generate(self, messages: list[dict[str, str]] | None, prompt: str | None,
+                       params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream one request: first {"prompt_tokens"} (or {"error"} and nothing more), then its deltas
+        ({"text", "completion_tokens", "finish_reason"})."""
+        prepared = self.prepare(messages, prompt, params["max_tokens"])
+        if "error" in prepared:
+            yield prepared
+            return
+        yield {"prompt_tokens": len(prepared["prompt_ids"])}
+        async for delta in self._decode((prepared["prompt_ids"], SamplingParams(**params))):
             yield {"text": delta.text, "completion_tokens": delta.completion_tokens,
                    "finish_reason": delta.finish_reason}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    # Two batches in flight: while one decodes, requests that arrive meanwhile start the next instead of waiting
+    # for every request of the running batch to finish (static batches, one at a time, left the model idle).
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
     async def _decode(self, jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[list[Any]]:
         steps = self.decoder.stream([job[0] for job in jobs], [job[1] for job in jobs])
         while True:
@@ -113,12 +137,11 @@ class Guardrail:
             judge = load_judge(parsed.harm_judge, device=device, endpoint_url=s3_endpoint_url)
         self.checks = Checks(parsed, judge)
 
-    def check_input(self, messages: list[str]) -> dict[str, Any]:
-        verdict = self.checks.check_input(messages)
-        return {**verdict.report(), "text": verdict.text}
-
-    def redact_messages(self, messages: list[str]) -> list[str]:
-        return self.checks.redact_messages(messages)
+    def check_input(self, user_messages: list[str], all_messages: list[str]) -> dict[str, Any]:
+        """The verdict on the newest user message, with every message of the conversation redacted as the PII
+        policy says ("messages"), in one call."""
+        verdict = self.checks.check_input(user_messages)
+        return {**verdict.report(), "text": verdict.text, "messages": self.checks.redact_messages(all_messages)}
 
     def check_output(self, prompt: str, text: str, final: bool = True) -> dict[str, Any]:
         verdict = self.checks.check_output(prompt, text, final=final)
@@ -285,35 +308,34 @@ class OpenAIIngress:
         sampling = parsed.sampling(self.settings.limits.default_max_tokens)
         report: dict[str, Any] = {}
         if self.guardrail is not None:
-            verdict = await self.guardrail.check_input.remote(user_texts)
+            verdict = await self.guardrail.check_input.remote(
+                user_texts, [message["content"] for message in messages] if chat else [prompt])
             if verdict["found"]:
                 report["input"] = {key: verdict[key] for key in ("blocked", "found", "harm_probability")
                                    if key in verdict}
                 self._count_hits("input", verdict)
             if verdict["blocked"]:
                 return self._refusal(parsed, chat, request_id, created, report)
-            if self.settings.guardrails.pii == "redact":
-                if chat:
-                    redacted = await self.guardrail.redact_messages.remote([m["content"] for m in messages])
-                    messages = [{**message, "content": text} for message, text in zip(messages, redacted, strict=True)]
-                    last_user = verdict["text"]
-                else:
-                    prompt = last_user = verdict["text"]
-        prepared = await self.model.prepare.remote(messages, prompt, sampling.max_tokens)
-        if "error" in prepared:
-            raise OpenAIError(400, prepared["error"], param="max_tokens", code="context_length_exceeded")
-        prompt_tokens = len(prepared["prompt_ids"])
-        stream = self.model.options(stream=True).generate.remote(prepared["prompt_ids"], _params(sampling))
+            if chat:
+                messages = [{**message, "content": text}
+                            for message, text in zip(messages, verdict["messages"], strict=True)]
+                last_user = verdict["text"]
+            else:
+                prompt = last_user = verdict["text"]
         if parsed.stream:
-            events = self._events(stream, parsed, chat, request_id, created, last_user, prompt_tokens)
+            stream = self.model.options(stream=True).generate.remote(messages, prompt, _params(sampling))
+            head = await stream.__anext__()
+            if "error" in head:
+                raise OpenAIError(400, head["error"], param="max_tokens", code="context_length_exceeded")
+            events = self._events(stream, parsed, chat, request_id, created, last_user, head["prompt_tokens"])
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         started = time.perf_counter()
-        text, completion_tokens, finish = "", 0, FINISH_STOP
-        async for delta in stream:
-            text += delta["text"]
-            completion_tokens = delta["completion_tokens"]
-            finish = delta["finish_reason"] or finish
+        reply = await self.model.complete.remote(messages, prompt, _params(sampling))
+        if "error" in reply:
+            raise OpenAIError(400, reply["error"], param="max_tokens", code="context_length_exceeded")
+        text, completion_tokens, finish = reply["text"], reply["completion_tokens"], reply["finish_reason"]
+        prompt_tokens = reply["prompt_tokens"]
         self._count_tokens(completion_tokens, time.perf_counter() - started)
         if self.guardrail is not None and self.settings.guardrails.moderates_output:
             verdict = await self.guardrail.check_output.remote(last_user, text, True)

@@ -22,9 +22,9 @@ REGISTRY_URI = re.compile(
 class BatchingSettings(Config):
     """Dynamic batching of concurrent requests (Ray Serve's serve.batch) on each model replica."""
 
-    enabled: bool = Field(True, description="false: one request at a time per replica.")
+    enabled: bool = Field(True, description="false: batches of one request (two in flight per replica).")
     max_batch_size: int = Field(32, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.02, ge=0, le=10, description="How long a batch waits to fill up.")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, le=10, description="How long a batch waits to fill up.")
 
 
 class LimitSettings(Config):
