@@ -125,13 +125,14 @@ def ask_once(url: str, config: ServeConfig, question: str, out) -> dict[str, Any
             "temperature": 0, "max_tokens": config.limits.default_max_tokens}
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {keys[0]}"} if keys else {})}
     request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers)
-    out.print(f"POST {url}/v1/chat/completions\n{json.dumps(body, indent=2)}", highlight=False, markup=False)
+    out.print(f"POST {url}/v1/chat/completions\n{json.dumps(body, indent=2)}", highlight=False, markup=False,
+              soft_wrap=True)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise SafelatentError(f"the server answered {error.code}: {error.read().decode(errors='replace')}") from None
     message = answer["choices"][0]
-    out.print(f"answer ({message['finish_reason']}): {message['message']['content']}", highlight=False,
+    out.print(f"answer ({message['finish_reason']}): {message['message']['content']}", highlight=False, soft_wrap=True,
               markup=False)
     return answer
