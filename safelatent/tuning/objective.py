@@ -1,0 +1,63 @@
+"""What a sweep maximises: one scalar from an evaluation, and the Pareto front for the two-objective view.
+
+The default scalar is harmlessness, less a penalty for each point of task accuracy lost beyond an allowed
+drop from the start model:
+
+    score = harmlessness − penalty · max(0, (baseline_accuracy − task_accuracy) − max_accuracy_drop)
+
+with rates in [0, 1] (3 points = 0.03). Any other metric of `results.json` can be the objective instead
+("over_refusal" and "asr/..." are minimised, the rest maximised).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import Field
+
+from safelatent.config import Config
+
+LOWER_IS_BETTER_PREFIXES = ("over_refusal", "asr/")
+
+
+class ObjectiveSettings(Config):
+    """The scalar a sweep optimises."""
+
+    metric: str = Field("harmlessness", min_length=1, description="A metric name of results.json.")
+    max_accuracy_drop: float = Field(0.03, ge=0, le=1, description="Task accuracy a trial may lose against the "
+                                                                    "start model before the penalty applies.")
+    penalty: float = Field(1.0, ge=0, description="Score lost per unit (1.0 = 100 points) of accuracy lost "
+                                                  "beyond the allowed drop.")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+def metric_value(metrics: Mapping[str, Any], name: str) -> float:
+    """The value of one metric from a results.json "metrics" block (entries {"value", "ci95", "n"})."""
+    if name not in metrics:
+        raise KeyError(f"the evaluation has no metric {name!r}; it has {', '.join(sorted(metrics))}")
+    entry = metrics[name]
+    return float(entry["value"] if isinstance(entry, Mapping) else entry)
+
+
+def score(metrics: Mapping[str, Any], settings: ObjectiveSettings, baseline_accuracy: float | None) -> float:
+    """The objective, to maximise. Without a baseline accuracy no penalty can be computed, so none applies."""
+    value = metric_value(metrics, settings.metric)
+    if lower_is_better(settings.metric):
+        value = -value
+    if baseline_accuracy is None or settings.penalty == 0:
+        return value
+    drop = baseline_accuracy - metric_value(metrics, "task_accuracy")
+    return value - settings.penalty * max(0.0, drop - settings.max_accuracy_drop)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates maximised (ties keep both), in the
+    order of the first coordinate."""
+    front = []
+    for index, (x, y) in enumerate(points):
+        dominated = any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in points)
+        if not dominated:
+            front.append(index)
+    return sorted(front, key=lambda index: points[index])
