@@ -45,10 +45,8 @@ def tiny_model(architecture: str, vocab_size: int, seed: int = 0) -> torch.nn.Mo
     raise ValueError(f"unknown tiny architecture {architecture!r}")
 
 
-def save_tiny_chat_model(directory: Path, architecture: str = "llama", seed: int = 0) -> Path:
-    """Write a loadable Hugging Face model directory (weights, tokenizer, chat template)."""
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(architecture, len(tokenizer), seed)
+def save_chat_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, directory: Path) -> Path:
+    """Save a model with its tokenizer, its pad and end tokens set, as a loadable Hugging Face directory."""
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -57,6 +55,13 @@ def save_tiny_chat_model(directory: Path, architecture: str = "llama", seed: int
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_tiny_chat_model(directory: Path, architecture: str = "llama", seed: int = 0) -> Path:
+    """Write a loadable Hugging Face model directory (weights, tokenizer, chat template)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(architecture, len(tokenizer), seed)
+    return save_chat_model(model, tokenizer, directory)
 
 
 def save_memorized_chat_model(directory: Path, exchanges: list[tuple[str, str]], architecture: str = "llama",
@@ -89,11 +94,4 @@ def save_memorized_chat_model(directory: Path, exchanges: list[tuple[str, str]],
         loss.backward()
         optimizer.step()
     model.eval()
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_chat_model(model, tokenizer, directory)
