@@ -35,13 +35,6 @@ logger = logging.getLogger("safelatent.serving")
 CONTENT_FILTER = "content_filter"
 
 
-
-def _params(sampling: SamplingParams) -> dict[str, Any]:
-    """Sampling parameters as plain data for a call to the model server."""
-    return {"max_tokens": sampling.max_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "stop": sampling.stop, "seed": sampling.seed}
-
-
 @serve.deployment
 class ModelServer:
     """One model replica. Concurrent requests are decoded together in batches (serve.batch)."""
@@ -84,14 +77,14 @@ class ModelServer:
         return {"prompt_ids": ids}
 
     async def complete(self, messages: list[dict[str, str]] | None, prompt: str | None,
-                       params: dict[str, Any]) -> dict[str, Any]:
+                       params: SamplingParams) -> dict[str, Any]:
         """One request's whole reply ({"prompt_tokens", "text", "completion_tokens", "finish_reason"}, or
         {"error"}), decoded in a batch with whatever else is waiting: one message back, however many tokens."""
-        prepared = self.prepare(messages, prompt, params["max_tokens"])
+        prepared = self.prepare(messages, prompt, params.max_tokens)
         if "error" in prepared:
             return prepared
         text, tokens, finish = "", 0, FINISH_STOP
-        async for delta in self._decode((prepared["prompt_ids"], SamplingParams(**params))):
+        async for delta in self._decode((prepared["prompt_ids"], params)):
             text += delta.text
             tokens = delta.completion_tokens
             finish = delta.finish_reason or finish
@@ -99,15 +92,15 @@ class ModelServer:
                 "finish_reason": finish}
 
     async def generate(self, messages: list[dict[str, str]] | None, prompt: str | None,
-                       params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+                       params: SamplingParams) -> AsyncIterator[dict[str, Any]]:
         """Stream one request: first {"prompt_tokens"} (or {"error"} and nothing more), then its deltas
         ({"text", "completion_tokens", "finish_reason"})."""
-        prepared = self.prepare(messages, prompt, params["max_tokens"])
+        prepared = self.prepare(messages, prompt, params.max_tokens)
         if "error" in prepared:
             yield prepared
             return
         yield {"prompt_tokens": len(prepared["prompt_ids"])}
-        async for delta in self._decode((prepared["prompt_ids"], SamplingParams(**params))):
+        async for delta in self._decode((prepared["prompt_ids"], params)):
             yield {"text": delta.text, "completion_tokens": delta.completion_tokens,
                    "finish_reason": delta.finish_reason}
 
@@ -132,9 +125,7 @@ class Guardrail:
         from safelatent.serving.guardrails import load_judge
 
         parsed = GuardrailSettings.model_validate(settings)
-        judge = None
-        if parsed.harm_judge is not None and (parsed.input_harm != "off" or parsed.output_harm != "off"):
-            judge = load_judge(parsed.harm_judge, device=device, endpoint_url=s3_endpoint_url)
+        judge = load_judge(parsed.harm_judge, device=device, endpoint_url=s3_endpoint_url) if parsed.judges else None
         self.checks = Checks(parsed, judge)
 
     def check_input(self, user_messages: list[str], all_messages: list[str]) -> dict[str, Any]:
@@ -323,7 +314,7 @@ class OpenAIIngress:
             else:
                 prompt = last_user = verdict["text"]
         if parsed.stream:
-            stream = self.model.options(stream=True).generate.remote(messages, prompt, _params(sampling))
+            stream = self.model.options(stream=True).generate.remote(messages, prompt, sampling)
             head = await stream.__anext__()
             if "error" in head:
                 raise OpenAIError(400, head["error"], param="max_tokens", code="context_length_exceeded")
@@ -331,7 +322,7 @@ class OpenAIIngress:
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         started = time.perf_counter()
-        reply = await self.model.complete.remote(messages, prompt, _params(sampling))
+        reply = await self.model.complete.remote(messages, prompt, sampling)
         if "error" in reply:
             raise OpenAIError(400, reply["error"], param="max_tokens", code="context_length_exceeded")
         text, completion_tokens, finish = reply["text"], reply["completion_tokens"], reply["finish_reason"]

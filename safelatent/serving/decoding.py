@@ -173,7 +173,7 @@ class Decoder:
         end = len(text)
         if not final:
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its other bytes
-                end = text.rstrip("\ufffd").__len__()
+                end = len(text.rstrip("\ufffd"))
             end = min(end, _stop_safe_end(text, row.params.stop, row.released))
         piece = text[row.released:end] if end > row.released else ""
         row.released = max(row.released, end)

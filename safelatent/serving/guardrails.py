@@ -58,12 +58,17 @@ class GuardrailSettings(Config):
 
     @model_validator(mode="after")
     def _judge_when_needed(self) -> "GuardrailSettings":
-        on = [name for name, policy in (("input_harm", self.input_harm), ("output_harm", self.output_harm))
-              if policy != "off"]
-        if on and self.harm_judge is None:
+        if self.judges and self.harm_judge is None:
+            on = [name for name, policy in (("input_harm", self.input_harm), ("output_harm", self.output_harm))
+                  if policy != "off"]
             raise ValueError(f"{' and '.join(on)} {'is' if len(on) == 1 else 'are'} on but harm_judge is not set; "
                              f"give a harm classifier directory or {ORACLE!r}, or set the policy to off")
         return self
+
+    @property
+    def judges(self) -> bool:
+        """Whether a harm check is on, so the harm judge must be loaded."""
+        return self.input_harm != "off" or self.output_harm != "off"
 
     @property
     def active(self) -> bool:
@@ -149,7 +154,7 @@ class Guardrail:
     """Input and output checks under one `GuardrailSettings`."""
 
     def __init__(self, settings: GuardrailSettings, judge: HarmJudge | None = None):
-        if judge is None and (settings.input_harm != "off" or settings.output_harm != "off"):
+        if judge is None and settings.judges:
             raise ValueError("the settings turn a harm check on, so a judge must be given (see load_judge)")
         self.settings = settings
         self.judge = judge
