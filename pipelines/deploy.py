@@ -99,7 +99,7 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
                 start(config, host=host, port=port)
             url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
             console.print(f"serving {config.served_name()!r} at {url}/v1 (OpenAI-compatible); "
-                          f"Ray dashboard: {dashboard_url() or 'off'}", highlight=False)
+                          f"Ray dashboard: {dashboard_url() or 'off'}", highlight=False, soft_wrap=True)
             if query is not None:
                 ask_once(url, config, query, out)
                 return
