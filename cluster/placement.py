@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import ray
 from pydantic import Field
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    placement_group,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.connect import runtime_env
@@ -39,10 +44,15 @@ class RoleResources(Config):
 
 @dataclass(frozen=True)
 class Placement:
-    """A ready placement group and the bundle index of each (role, replica)."""
+    """A ready placement group and the bundle index of each (role, replica).
+
+    `owned` is False when the group was reserved by someone else (a Ray Tune trial reserves its roles'
+    bundles up front); then `remove()` leaves it to its owner.
+    """
 
     group: PlacementGroup
     index: dict[tuple[str, int], int]
+    owned: bool = True
 
     def options(self, role: str, replica: int, resources: RoleResources) -> dict:
         """Actor options that put replica `replica` of `role` into its bundle."""
@@ -51,7 +61,8 @@ class Placement:
                     self.group, placement_group_bundle_index=self.index[(role, replica)])}
 
     def remove(self) -> None:
-        remove_placement_group(self.group)
+        if self.owned:
+            remove_placement_group(self.group)
 
 
 def describe(demand: dict[str, float]) -> str:
@@ -79,9 +90,9 @@ def check_fits(roles: dict[str, tuple[int, RoleResources]], cluster: dict[str, f
                                   "Lower the role counts or their num_cpus/num_gpus, or add nodes")
 
 
-def place(roles: dict[str, tuple[int, RoleResources]], timeout_s: float, strategy: str = "PACK") -> Placement:
-    """Create and wait for the placement group of `roles` ({role: (replicas, resources)})."""
-    check_fits(roles, ray.cluster_resources())
+def role_bundles(roles: dict[str, tuple[int, RoleResources]]) -> tuple[list[dict[str, float]],
+                                                                       dict[tuple[str, int], int]]:
+    """One bundle per (role, replica), in the order of `roles`, and the index of each."""
     bundles: list[dict[str, float]] = []
     index: dict[tuple[str, int], int] = {}
     for role, (count, resources) in roles.items():
@@ -89,6 +100,20 @@ def place(roles: dict[str, tuple[int, RoleResources]], timeout_s: float, strateg
             index[(role, replica)] = len(bundles)
             # An empty bundle is not allowed; a role that reserves nothing still takes a sliver of CPU.
             bundles.append(resources.bundle() or {"CPU": 0.01})
+    return bundles, index
+
+
+def place(roles: dict[str, tuple[int, RoleResources]], timeout_s: float, strategy: str = "PACK") -> Placement:
+    """Create and wait for the placement group of `roles` ({role: (replicas, resources)}).
+
+    Code that already runs inside a placement group holding exactly these bundles (a Tune trial that
+    reserved them, see `role_bundles`) uses that group instead of asking the cluster a second time.
+    """
+    bundles, index = role_bundles(roles)
+    current = get_current_placement_group()
+    if current is not None and _same_bundles(current.bundle_specs, bundles):
+        return Placement(group=current, index=index, owned=False)
+    check_fits(roles, ray.cluster_resources())
     group = placement_group(bundles, strategy=strategy)
     try:
         ray.get(group.ready(), timeout=timeout_s)
@@ -100,6 +125,13 @@ def place(roles: dict[str, tuple[int, RoleResources]], timeout_s: float, strateg
             "resources, or no single node fits a bundle; raise resources.ready_timeout_s or lower the demand"
         ) from None
     return Placement(group=group, index=index)
+
+
+def _same_bundles(reserved: list[dict[str, float]], wanted: list[dict[str, float]]) -> bool:
+    def plain(bundle: dict[str, float]) -> dict[str, float]:
+        return {name: float(amount) for name, amount in bundle.items() if name in ("CPU", "GPU") and amount}
+
+    return len(reserved) == len(wanted) and all(plain(a) == plain(b) for a, b in zip(reserved, wanted, strict=True))
 
 
 def _free(available: dict[str, float]) -> dict[str, float]:

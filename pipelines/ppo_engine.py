@@ -163,6 +163,7 @@ class PPOEngine:
             finally:
                 tracker.finish(status)
         result.tracking_run = tracker.url()
+        result.tracking_run_id = tracker.run_id
         write_summary(result, config)
         self.console.print(summary_table(result, config))
         return result

@@ -151,6 +151,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     tracking_run: str | None = None
+    tracking_run_id: str | None = None
     checkpoint: str | None = None
     registered: str | None = None  # "NAME version N" in the MLflow model registry
 

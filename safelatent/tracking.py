@@ -31,6 +31,8 @@ class TrackingSettings(Config):
     registered_model: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                                          description="Register the trained model under this name in the MLflow "
                                                      "model registry (a new version per run); null: no.")
+    parent_run_id: str | None = Field(None, description="Nest the run under this MLflow run (a sweep sets it for "
+                                                        "its trials).")
 
     @field_validator("uri")
     @classmethod
@@ -80,7 +82,10 @@ class Tracker:
         experiment = client.get_experiment_by_name(settings.experiment)
         experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(
             settings.experiment, artifact_location=settings.artifact_root or default_artifact_root(settings.uri))
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+        tags = dict(tags or {})
+        if settings.parent_run_id:
+            tags["mlflow.parentRunId"] = settings.parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         return cls(client, run.info.run_id, settings.uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -119,6 +124,13 @@ class Tracker:
         source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
         version = self.client.create_model_version(name, source, run_id=self.run_id, description=description)
         return int(version.version)
+
+    def promote(self, name: str, version: int, alias: str | None, tags: Mapping[str, Any]) -> None:
+        """Tag a registered model version (its lineage) and, when `alias` is given, point the alias at it."""
+        for key, value in flatten(tags).items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+        if alias:
+            self.client.set_registered_model_alias(name, alias, str(version))
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
