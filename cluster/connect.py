@@ -18,11 +18,22 @@ FORWARDED_ENV = ("SAFELATENT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def runtime_env() -> dict:
+def runtime_env() -> dict | None:
     """Env vars (never credentials) that actors started by this driver should see; set on each actor too, so a
-    driver joining a running cluster passes its storage endpoint and tracking URI on."""
+    driver joining a running cluster passes its storage endpoint and tracking URI on.
+
+    None inside a Ray job: the job was submitted with its runtime env (working_dir and env vars), every actor
+    inherits it, and an actor-level env would only make Ray set up (and later clean up) another copy of it.
+    """
+    if in_ray_job():
+        return None
     env = {**QUIET_ENV, **{name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}}
     return {"env_vars": env}
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a job submitted through the Ray Jobs API."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
 
 
 @contextmanager
@@ -41,6 +52,8 @@ def connected(address: str | None = None, num_cpus: float | None = None, num_gpu
                      include_dashboard=dashboard, runtime_env=runtime_env(), log_to_driver=True,
                      configure_logging=False)
         else:
+            # A job's driver already runs in the runtime env it was submitted with; Ray refuses a second one
+            # that sets the same keys, and the job's env reaches every actor anyway.
             ray.init(address=address, runtime_env=runtime_env(), log_to_driver=True, configure_logging=False)
         started = True
     try:

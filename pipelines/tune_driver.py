@@ -42,6 +42,10 @@ PARENT_RUN_FILE = "parent_run.json"
 CHAMPION = "champion"
 
 
+class SweepInterrupted(SweepError):
+    """The search stopped before every trial ended (Ctrl-C); Tune saved its state for --resume."""
+
+
 class Sweep:
     def __init__(self, config: TuneConfig, console: Console):
         self.config = config
@@ -76,9 +80,10 @@ class Sweep:
             status = "FAILED"
             try:
                 grid = self.tuner(base_model, judges, baseline, parent.run_id, roles, cluster, restoring).fit()
+                self.check_complete(grid)
                 result = self.conclude(grid, parent, baseline)
                 status = "FINISHED"
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SweepInterrupted):
                 status = "KILLED"
                 raise
             finally:
@@ -190,9 +195,19 @@ class Sweep:
                              reduction_factor=settings.reduction_factor)
 
     # -- after the search -------------------------------------------------------------------------------
+    def check_complete(self, grid: Any) -> None:
+        """Tune returns normally after Ctrl-C, with its state saved; such a sweep must not be concluded."""
+        expected = self.config.search.num_samples * math.prod(
+            len(parameter.values()) for parameter in self.config.space.values() if parameter.kind == "grid")
+        ended = grid.num_terminated + grid.num_errors
+        if len(grid) < expected or ended < len(grid):
+            raise SweepInterrupted(f"sweep {self.config.name!r} was interrupted with {ended} of {expected} trials "
+                                   f"ended; its state is saved under {self.out / STATE_DIR}: run the same command "
+                                   "with --resume to continue it")
+
     def conclude(self, grid: Any, parent: Tracker, baseline: float | None) -> SweepResult:
         config = self.config
-        trials = sorted((self.outcome(result) for result in grid), key=lambda trial: trial.trial)
+        trials = [self.outcome(result) for result in grid]  # in the order Tune created them
         defaults = self.default.model_dump(mode="json")
         if config.search.include_default:
             default = next((trial for trial in trials

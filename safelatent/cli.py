@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ judges_app = typer.Typer(help="Train the AI judges: reward model and harm classi
 app.add_typer(judges_app, name="judges")
 train_app = typer.Typer(help="Train a policy with a safety method on Ray.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+jobs_app = typer.Typer(help="Jobs on a Ray cluster (the Ray Jobs API): list, logs, stop.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 
 console = Console(stderr=True)
 stdout = Console()
@@ -49,6 +52,11 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 
 def _fail(error: Exception, code: int) -> typer.Exit:
+    """Print the error in one line (its traceback too with SAFELATENT_DEBUG=1) and exit with `code`."""
+    if os.environ.get("SAFELATENT_DEBUG") == "1" and error.__traceback__ is not None:
+        import traceback
+
+        console.print(redact("".join(traceback.format_exception(error))), highlight=False, markup=False)
     console.print(f"[bold red]error:[/] {redact(str(error))}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
@@ -297,6 +305,127 @@ def serve_model(
         run_server(settings, host=host, port=port, address=address, query=query, console=console, out=stdout)
     except (SafelatentError, FileNotFoundError, OSError, ValueError, TimeoutError) as error:
         raise _fail(error, 1) from None
+
+
+JobsAddress = Annotated[str, typer.Option("--address", envvar="RAY_API_SERVER_ADDRESS",
+                                          help="The cluster's dashboard, e.g. http://HEAD:8265.")]
+
+
+@app.command("submit")
+def submit_job(
+    pipeline: Annotated[str, typer.Argument(help="rlaif-ppo, sls-rlaif or tune.")],
+    address: JobsAddress,
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the job's environment "
+                                                                  "(repeatable; no secrets).")] = None,
+    working_dir: Annotated[bool, typer.Option(help="Upload this project folder as the job's working_dir; "
+                                                   "--no-working-dir when the cluster's image has the code.")] = True,
+    submission_id: Annotated[Optional[str], typer.Option(help="Job id; default safelatent-PIPELINE-NAME-TIME.")
+                             ] = None,
+    wait: Annotated[bool, typer.Option(help="Stream the logs and exit with the job's result.")] = True,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop following after this many seconds (the job "
+                                                          "goes on).")] = None,
+    entrypoint_num_gpus: Annotated[float, typer.Option(help="GPUs reserved for the job's driver.")] = 0.0,
+) -> None:
+    """Run a pipeline as a job on a Ray cluster: the config is checked here first, then submitted.
+
+    Example: safelatent submit rlaif-ppo -c pipelines/configs/rlaif_ppo.yaml --address http://head:8265 steps=10
+    """
+    from cluster import submit as jobs
+
+    if pipeline not in jobs.PIPELINES:
+        raise _fail(ConfigError(f"unknown pipeline {pipeline!r}; one of {', '.join(jobs.PIPELINES)}"), 2)
+    try:
+        submission = jobs.Submission(
+            pipeline=pipeline, config=config or default_config(jobs.PIPELINES[pipeline][1]),
+            overrides=overrides or [], address=address, working_dir=Path(".") if working_dir else None,
+            env=jobs.parse_env(env or []), submission_id=submission_id, entrypoint_num_gpus=entrypoint_num_gpus)
+        jobs.check(submission)
+    except ConfigError as error:
+        raise _fail(error, 2) from None
+    try:
+        job_id = jobs.submit(submission)
+        console.print(f"submitted job {job_id} to {address}")
+        stdout.print(job_id, highlight=False)
+        if not wait:
+            return
+        status = jobs.follow(address, job_id, lambda lines: stdout.out(lines, end="", highlight=False), timeout)
+    except (SafelatentError, RuntimeError, ConnectionError) as error:
+        raise _fail(error, 1) from None
+    console.print(f"job {job_id}: {status}")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(address: JobsAddress) -> None:
+    """The cluster's jobs, oldest first."""
+    from cluster import submit as jobs
+
+    table = Table()
+    for column in ("submission id", "status", "pipeline", "started", "entrypoint"):
+        table.add_column(column, overflow="fold")
+    try:
+        rows = jobs.list_jobs(address)
+    except (SafelatentError, RuntimeError, ConnectionError) as error:
+        raise _fail(error, 1) from None
+    for row in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["start_time"] / 1000)) if row["start_time"] else ""
+        table.add_row(str(row["submission_id"]), row["status"], row["pipeline"], started, row["entrypoint"])
+    stdout.print(table)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: Annotated[str, typer.Argument(help="Submission id.")], address: JobsAddress,
+              follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")
+                                ] = False) -> None:
+    """A job's logs (all of them so far, or followed to its end)."""
+    from cluster import submit as jobs
+
+    try:
+        if follow:
+            status = jobs.follow(address, job_id, lambda lines: stdout.out(lines, end="", highlight=False))
+            console.print(f"job {job_id}: {status}")
+        else:
+            stdout.out(jobs.logs(address, job_id), end="", highlight=False)
+    except (SafelatentError, RuntimeError, ConnectionError) as error:
+        raise _fail(error, 1) from None
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: Annotated[str, typer.Argument(help="Submission id.")], address: JobsAddress) -> None:
+    """Ask the cluster to stop a job."""
+    from cluster import submit as jobs
+
+    try:
+        stopped = jobs.stop(address, job_id)
+    except (SafelatentError, RuntimeError, ConnectionError) as error:
+        raise _fail(error, 1) from None
+    stdout.print(f"job {job_id}: {'stop requested' if stopped else 'already ended'}", highlight=False)
+
+
+@app.command("tune")
+def tune_sweep(config: ConfigOption = None, overrides: Overrides = None, address: AddressOption = None,
+               resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep of this name through "
+                                                                     "Tune restore.")] = False) -> None:
+    """Search a pipeline's hyperparameters with Ray Tune, tracked in MLflow; register the best trial's model.
+
+    Default config: pipelines/configs/tune_sls.yaml. The best model gets the alias `champion` only if it passes
+    the release gate (gate:) on final_evaluation.data; otherwise the sweep says which threshold failed.
+    """
+    from pipelines.tune import TuneConfig, run
+
+    settings = _load_settings(TuneConfig, config or default_config("tune_sls.yaml"), overrides, {"address": address})
+    try:
+        result = run(settings, resume=resume, console=console)
+    except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    if result.best is None:
+        raise _fail(SafelatentError("no trial finished; see the table above for why"), 1)
+    stdout.print(f"best: trial {result.best.trial}, score {result.best.score:.4f}; model {result.best.model_dir}"
+                 + (f"; registered {result.registered}" + (" @champion" if result.champion else "")
+                    if result.registered else ""), highlight=False)
 
 
 @app.command("eval")

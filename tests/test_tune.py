@@ -112,18 +112,52 @@ def test_a_sweep_records_every_trial_registers_the_best_and_gates_the_champion(
     summary = json.loads((result.out_dir / "summary.json").read_text())
     assert summary["best"]["trial"] == best.trial and summary["champion"] is True
 
-    # The same sweep again without --resume is refused; a strict gate keeps the alias where it was.
+    # The same sweep again without --resume is refused.
     with pytest.raises(SweepError, match="pass --resume"):
         run(config)
 
 
-def test_a_failed_gate_registers_without_the_alias_and_says_by_how_much(
-        ray_cluster, tiny_llama_dir, tiny_judges_dir, tmp_path):
-    config = load_config(TuneConfig, tiny_sweep(
-        tmp_path, tiny_llama_dir, tiny_judges_dir, space={"ppo.kl.beta": {"grid": [1.0]}},
-        gate={"min_harmlessness": 1.0, "max_over_refusal": 0.0, "min_task_accuracy": 1.0}))
-    result = run(config)
-    assert result.registered == "tiny-tuned version 1" and not result.champion
-    assert any("must be at least 100.0%" in line for line in result.gate_failures)
-    client = MlflowClient(tracking_uri=config.tracking.uri)
+def test_an_interrupted_sweep_resumes_through_tune_restore_without_rerunning_finished_trials(
+        tiny_llama_dir, tiny_judges_dir, tmp_path):
+    """Also: a best trial that fails the release gate is registered without the champion alias."""
+    path = tiny_sweep(tmp_path, tiny_llama_dir, tiny_judges_dir, space={"ppo.kl.beta": {"grid": [0.5, 1.0]}},
+                      gate={"min_harmlessness": 1.0, "max_over_refusal": 0.0, "min_task_accuracy": 1.0})
+    trials = tmp_path / "tune" / "tiny-sweep" / "trials"
+    command = [str(Path(sys.executable).parent / "safelatent"), "tune", "-c", str(path)]
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    deadline = time.monotonic() + 400
+    finished: list[Path] = []
+    while not finished and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(1)
+        finished = sorted(trials.glob("*/summary.json")) if trials.is_dir() else []
+    assert finished, "no trial finished: " + (first.stdout.read().decode()[-3000:] if first.poll() is not None else "")
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the middle of the sweep
+    output = first.communicate(timeout=120)[0].decode()
+    assert first.returncode != 0 and "run the same command with --resume" in output, output[-2000:]
+    done_at = {summary: summary.stat().st_mtime_ns for summary in finished}
+
+    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "pass --resume" in refused.stderr
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming sweep 'tiny-sweep'" in resumed.stderr
+    assert all(summary.stat().st_mtime_ns == mtime for summary, mtime in done_at.items()), "a finished trial re-ran"
+    summary = json.loads((tmp_path / "tune" / "tiny-sweep" / "summary.json").read_text())
+    assert sorted(trial["config"]["ppo.kl.beta"] for trial in summary["trials"]) == [0.5, 1.0]
+    assert all(trial["status"] == "evaluated" for trial in summary["trials"])
+    assert summary["registered"] == "tiny-tuned version 1" and summary["champion"] is False
+    assert "is registered but not @champion" in resumed.stderr
+    assert any("task_accuracy" in line and "short" in line for line in summary["gate_failures"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_registered_model("tiny-tuned").aliases == {}
+
+
+def test_as_many_trials_run_at_once_as_the_cluster_fits():
+    from pipelines.tune_driver import fitting_trials
+
+    assert fitting_trials({"CPU": 1.5}, {"CPU": 2}) == 1
+    assert fitting_trials({"CPU": 1.0, "GPU": 0.5}, {"CPU": 8, "GPU": 1}) == 2
+    assert fitting_trials({"CPU": 0.5}, {"CPU": 2.0, "GPU": 4}) == 4
