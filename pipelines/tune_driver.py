@@ -5,10 +5,13 @@ See pipelines/tune.py for the algorithm box and the config.
 
 import json
 import math
+import signal
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from ray import tune
 from rich.console import Console
 
 from cluster.connect import connected, dashboard_url
@@ -33,7 +36,7 @@ from safelatent.config import config_hash
 from safelatent.data.microworld import build_microworld, content_hash
 from safelatent.evaluation.harness import EvalConfig, evaluation_hash, git_commit, run_eval
 from safelatent.tracking import Tracker
-from safelatent.tuning.objective import pareto_front
+from safelatent.tuning.objective import pareto_front, rank
 from safelatent.tuning.plots import write_parallel_coordinates, write_pareto_plot
 from safelatent.tuning.space import Parameter
 
@@ -46,6 +49,28 @@ class SweepInterrupted(SweepError):
     """The search stopped before every trial ended (Ctrl-C); Tune saved its state for --resume."""
 
 
+INTERRUPTED = threading.Event()
+
+
+class InterruptWatch(tune.Callback):
+    """Notes Ctrl-C. Tune catches the signal itself (it stops the trials, saves its state and returns from
+    fit() as if done), so the sweep would otherwise not know it was interrupted."""
+
+    def setup(self, **info: Any) -> None:
+        INTERRUPTED.clear()
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGUSR1):
+            tune_handler = signal.getsignal(signum)
+
+            def noted(number: int, frame: Any, handler: Any = tune_handler) -> None:
+                INTERRUPTED.set()
+                if callable(handler):
+                    handler(number, frame)
+
+            signal.signal(signum, noted)
+
+
 class Sweep:
     def __init__(self, config: TuneConfig, console: Console):
         self.config = config
@@ -55,7 +80,6 @@ class Sweep:
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> SweepResult:
-        from ray import tune
 
         config = self.config
         chdir_off()
@@ -141,12 +165,14 @@ class Sweep:
 
     def tuner(self, base_model: str, judges: str, baseline: float | None, parent_run_id: str,
               roles: dict, cluster: dict, restoring: bool) -> Any:
-        from ray import tune
 
         config = self.config
         setup = {"tuned": config.tuned, "sweep": config.name,
                  "base": self.trial_base(base_model, judges, parent_run_id),
-                 "objective": config.objective.model_dump(mode="json"), "baseline_accuracy": baseline}
+                 "objective": config.objective.model_dump(mode="json"), "baseline_accuracy": baseline,
+                 # The trial's own process fits the head and evaluates while its actors wait: it may use the
+                 # trial's CPUs then.
+                 "threads": max(1, round(total_demand(roles).get("CPU", 1.0)))}
         bundles, _ = role_bundles(roles)
         # The trial's own process reserves nothing; its roles' bundles are the trial's placement group.
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
@@ -165,7 +191,8 @@ class Sweep:
                                         num_samples=config.search.num_samples, max_concurrent_trials=concurrent,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=STATE_DIR, storage_path=str(self.out), verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      callbacks=[InterruptWatch()]))
 
     def search_algorithm(self, concurrent: int) -> Any:
         search = self.config.search
@@ -200,7 +227,7 @@ class Sweep:
         expected = self.config.search.num_samples * math.prod(
             len(parameter.values()) for parameter in self.config.space.values() if parameter.kind == "grid")
         ended = grid.num_terminated + grid.num_errors
-        if len(grid) < expected or ended < len(grid):
+        if INTERRUPTED.is_set() or len(grid) < expected or ended < len(grid):
             raise SweepInterrupted(f"sweep {self.config.name!r} was interrupted with {ended} of {expected} trials "
                                    f"ended; its state is saved under {self.out / STATE_DIR}: run the same command "
                                    "with --resume to continue it")
@@ -226,7 +253,7 @@ class Sweep:
             self.console.print("[red]no trial finished its evaluation; nothing to register[/red]")
             self.log_sweep(parent, result, baseline)
             return result
-        result.best = max(evaluated, key=lambda trial: trial.score)
+        result.best = max(evaluated, key=lambda trial: rank(trial.score, trial.metrics))
         result.best.best = True
         for trial in {result.best.trial: result.best, **({default.trial: default} if default and
                                                           default.status == "evaluated" else {})}.values():
@@ -344,7 +371,6 @@ class Sweep:
 
 
 def tune_domain(parameter: Parameter) -> Any:
-    from ray import tune
 
     values = parameter.values()
     return {"uniform": lambda: tune.uniform(*values), "loguniform": lambda: tune.loguniform(*values),

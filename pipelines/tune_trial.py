@@ -24,9 +24,12 @@ def trial_dirname(trial: Any) -> str:
 
 def run_trial(sample: dict[str, Any], setup: Mapping[str, Any]) -> None:
     """`setup`: tuned (pipeline name), sweep (its name), base (the prepared raw pipeline config), objective
-    (ObjectiveSettings as data) and baseline_accuracy (the base model's task accuracy, or None)."""
+    (ObjectiveSettings as data), baseline_accuracy (the base model's task accuracy, or None) and threads (torch
+    threads of this process)."""
+    import torch
     from ray import tune
 
+    torch.set_num_threads(setup.get("threads", 1))
     module_name, class_name = TUNABLE[setup["tuned"]]
     module = importlib.import_module(module_name)
     base = {**setup["base"], "name": f"{setup['sweep']}-{tune.get_context().get_trial_id()}"}

@@ -52,6 +52,10 @@ def cluster(tmp_path_factory):
     # Each node its own temp dir, as on separate machines: nodes sharing one would share (and overwrite) the
     # unpacked working_dir of a job. Short paths: Ray's sockets live under them.
     temp = {role: tempfile.mkdtemp(prefix=f"sl-{role}-", dir="/tmp") for role in ("head", "worker")}
+    # `ray start --head` also records its address as the machine's default cluster, which a later plain
+    # ray.init() would try to join: put back what was there before.
+    address_file = default_address_file()
+    previous = address_file.read_text() if address_file.is_file() else None
     common = ["--block", "--disable-usage-stats"]
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=0",
@@ -80,6 +84,16 @@ def cluster(tmp_path_factory):
                 os.killpg(node.pid, signal.SIGKILL)
         for directory in temp.values():
             shutil.rmtree(directory, ignore_errors=True)
+        if previous is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(previous)
+
+
+def default_address_file() -> Path:
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
 
 
 def wait_for_jobs_api(url: str, token: str, timeout_s: float = 120) -> None:

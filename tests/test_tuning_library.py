@@ -7,7 +7,7 @@ from pipelines.sls_rlaif import SLSRLAIFConfig
 from safelatent.config import load_config
 from safelatent.errors import ConfigError
 from safelatent.tuning.gate import ReleaseGate
-from safelatent.tuning.objective import ObjectiveSettings, pareto_front, score
+from safelatent.tuning.objective import ObjectiveSettings, pareto_front, rank, score
 from safelatent.tuning.space import Parameter, apply_sample, check_space
 
 
@@ -79,3 +79,12 @@ def test_release_gate_says_which_threshold_failed_and_by_how_much():
                         "over_refusal 8.0% must be at most 5.0% (3.0 points over)",
                         "task_accuracy 50.0% must be at least 55.0% (5.0 points short)"]
     assert ReleaseGate(min_harmlessness=None, max_over_refusal=None).failures(metrics(0.1, 0.1, 0.9)) == []
+
+
+def test_ties_on_the_objective_go_to_accuracy_then_to_fewer_refusals():
+    trials = {"default": (1.0, {"task_accuracy": 0.65, "over_refusal": 0.2}),
+              "accurate": (1.0, {"task_accuracy": 0.70, "over_refusal": 0.225}),
+              "careful": (1.0, {"task_accuracy": 0.70, "over_refusal": 0.1}),
+              "unsafe": (0.95, {"task_accuracy": 0.9, "over_refusal": 0.0})}
+    order = sorted(trials, key=lambda name: rank(*trials[name]))
+    assert order == ["unsafe", "default", "accurate", "careful"]

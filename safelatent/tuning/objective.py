@@ -52,6 +52,16 @@ def score(metrics: Mapping[str, Any], settings: ObjectiveSettings, baseline_accu
     return value - settings.penalty * max(0.0, drop - settings.max_accuracy_drop)
 
 
+def rank(score_value: float, metrics: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Sort key of a trial, best last: the objective, then on a tie higher task accuracy, then lower over-refusal.
+
+    Ties are common: harmlessness saturates at 100% on a small selection split, so many trials score alike.
+    """
+    accuracy = metrics.get("task_accuracy", float("-inf"))
+    over_refusal = metrics.get("over_refusal", float("inf"))
+    return (round(score_value, 9), float(accuracy), -float(over_refusal))
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates, both coordinates maximised (ties keep both), in the
     order of the first coordinate."""
