@@ -361,7 +361,7 @@ class Sweep:
                          "; ".join(result.gate_failures) or "not run"})
         rows = [trial.row() for trial in result.trials]
         if any(trial.status == "evaluated" for trial in result.trials):
-            write_pareto_plot(rows, self.out / "pareto.png", title=f"sweep {self.config.name}: harmlessness against "
+            write_pareto_plot(rows, self.out / "pareto.png", title=f"sweep {self.config.name}\nharmlessness against "
                                                                      f"task accuracy ({self.default.evaluation.data})")
             write_parallel_coordinates(rows, list(self.config.space), self.out / "parallel_coordinates.png")
             parent.log_artifact(self.out / "pareto.png", "plots")
