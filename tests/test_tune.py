@@ -161,3 +161,25 @@ def test_as_many_trials_run_at_once_as_the_cluster_fits():
     assert fitting_trials({"CPU": 1.5}, {"CPU": 2}) == 1
     assert fitting_trials({"CPU": 1.0, "GPU": 0.5}, {"CPU": 8, "GPU": 1}) == 2
     assert fitting_trials({"CPU": 0.5}, {"CPU": 2.0, "GPU": 4}) == 4
+
+
+def test_the_search_algorithm_follows_the_config(tmp_path):
+    """Optuna TPE on the scalar score, or on harmlessness and task accuracy together (Pareto); random search
+    starts from the default config when asked to."""
+    from rich.console import Console
+
+    from pipelines.tune_driver import Sweep
+
+    space = {"ppo.kl.beta": {"loguniform": [0.1, 3.0]}}
+    single = load_config(TuneConfig, tiny_sweep(tmp_path, tmp_path, tmp_path, space=space,
+                                                search={"algorithm": "optuna", "include_default": True}))
+    searcher = Sweep(single, Console(quiet=True)).search_algorithm(1)
+    assert (searcher.metric, searcher.mode) == ("score", "max")
+    pareto = load_config(TuneConfig, tiny_sweep(tmp_path, tmp_path, tmp_path, space=space,
+                                                search={"algorithm": "optuna", "multi_objective": True}))
+    searcher = Sweep(pareto, Console(quiet=True)).search_algorithm(1)
+    assert (searcher.metric, searcher.mode) == (["harmlessness", "task_accuracy"], ["max", "max"])
+    random = load_config(TuneConfig, tiny_sweep(tmp_path, tmp_path, tmp_path, space=space,
+                                                search={"algorithm": "random", "include_default": True}))
+    searcher = Sweep(random, Console(quiet=True)).search_algorithm(1)
+    assert searcher._points_to_evaluate == [{"ppo.kl.beta": 1.0}]
