@@ -145,7 +145,7 @@ class PPOEngine:
             tracker = Tracker.start(config.tracking, config.name, run_id=run_id)
             status = "FAILED"
             try:
-                if start is None:
+                if run_id is None:  # a new MLflow run (a checkpoint adopted from another run starts one too)
                     self.log_inputs(tracker, roles, model_path, judges_dir)
                 result = self.loop(roles, tracker, pool, start, on_step)
                 result.model_dir = Path(roles["learner"].export(str(out / "model")))

@@ -54,12 +54,21 @@ class SearchSettings(Config):
 
 
 class SchedulerSettings(Config):
-    kind: Literal["fifo", "asha"] = Field("fifo", description="fifo: every trial runs to the end; asha: stop the "
-                                                             "weak ones early on a per-step training metric.")
-    metric: str = Field("reward", description="What ASHA compares each step (higher is better): a training "
+    kind: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo: every trial runs to the end; asha: "
+                                                                    "stop the weak ones early; pbt: weak trials "
+                                                                    "continue from a strong one's checkpoint with "
+                                                                    "perturbed `mutate` values.")
+    metric: str = Field("reward", description="What ASHA and PBT compare each step (higher is better): a training "
                                               "metric every step reports, such as reward.")
-    grace_period: int = Field(2, ge=1, description="Steps before ASHA may stop a trial.")
-    reduction_factor: float = Field(2.0, gt=1)
+    grace_period: int = Field(2, ge=1, description="ASHA: steps before a trial may be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: the share of trials kept at each rung is 1/this.")
+    perturbation_interval: int = Field(4, ge=1, description="PBT: steps between exploit/explore decisions (the "
+                                                            "trials checkpoint at this interval).")
+    mutate: list[str] = Field(default_factory=lambda: ["ppo.kl.beta", "optimizer.learning_rate"],
+                              description="PBT: keys of the space that are perturbed when a trial exploits another.")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="PBT: the bottom share copies the top share.")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="PBT: chance a mutated value is drawn anew "
+                                                                      "instead of scaled by 0.8 or 1.2.")
 
 
 class FinalEvaluation(Config):
@@ -108,6 +117,8 @@ class TuneConfig(Config):
         grids = [key for key, parameter in self.space.items() if parameter.kind == "grid"]
         if grids and self.search.algorithm == "optuna":
             raise ValueError(f"space: grid ({', '.join(grids)}) needs search.algorithm random; Optuna samples")
+        if self.scheduler.kind == "pbt":
+            self._check_pbt(base)
         if self.search.include_default:
             outside = [f"{key} = {default_value(base, key)!r}" for key, parameter in self.space.items()
                        if not parameter_holds(parameter, default_value(base, key))]
@@ -115,6 +126,23 @@ class TuneConfig(Config):
                 raise ValueError("search.include_default: the default config's values are outside the space: "
                                  f"{'; '.join(outside)}. Widen the space or set search.include_default false")
         return self
+
+    def _check_pbt(self, base: Mapping[str, Any]) -> None:
+        pbt = self.scheduler
+        if self.search.algorithm != "random":
+            raise ValueError("scheduler.kind pbt picks the next configs itself; set search.algorithm random")
+        if not pbt.mutate:
+            raise ValueError("scheduler.mutate: name at least one key of the space for PBT to perturb")
+        unknown = [key for key in pbt.mutate if key not in self.space]
+        if unknown:
+            raise ValueError(f"scheduler.mutate: {', '.join(unknown)} not in the space")
+        frozen = [key for key in pbt.mutate if not key.startswith(("ppo.", "optimizer."))]
+        if frozen:
+            raise ValueError(f"scheduler.mutate: {', '.join(frozen)} cannot change in the middle of a run (only "
+                             "ppo.* and optimizer.* settings can; the head is fitted before PPO starts)")
+        if pbt.perturbation_interval >= base["steps"]:
+            raise ValueError(f"scheduler.perturbation_interval ({pbt.perturbation_interval}) must be below the "
+                             f"trials' steps ({base['steps']}), or PBT never acts")
 
     def pipeline_class(self) -> type[Config]:
         module, name = TUNABLE[self.tuned]

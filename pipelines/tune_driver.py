@@ -161,6 +161,8 @@ class Sweep:
                             "experiment": self.config.tracking.experiment, "registered_model": None,
                             "parent_run_id": parent_run_id}
         base["checkpoint"]["dir"] = absolute(base["checkpoint"]["dir"])
+        if self.config.scheduler.kind == "pbt":  # PBT exploits the checkpoint taken at each interval
+            base["checkpoint"]["every"] = self.config.scheduler.perturbation_interval
         return base
 
     def tuner(self, base_model: str, judges: str, baseline: float | None, parent_run_id: str,
@@ -192,6 +194,7 @@ class Sweep:
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=STATE_DIR, storage_path=str(self.out), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       callbacks=[InterruptWatch()]))
 
     def search_algorithm(self, concurrent: int) -> Any:
@@ -214,6 +217,15 @@ class Sweep:
         settings = self.config.scheduler
         if settings.kind == "fifo":
             return None
+        if settings.kind == "pbt":
+            from ray.tune.schedulers import PopulationBasedTraining
+
+            # synch: every trial reaches the interval before anyone exploits, so decisions compare equals.
+            return PopulationBasedTraining(
+                time_attr="training_iteration", metric=settings.metric, mode="max",
+                perturbation_interval=settings.perturbation_interval, synch=True,
+                hyperparam_mutations={key: tune_domain(self.config.space[key]) for key in settings.mutate},
+                quantile_fraction=settings.quantile_fraction, resample_probability=settings.resample_probability)
         from ray.tune.schedulers import ASHAScheduler
 
         # The last report (the evaluation) is one iteration after the last step.

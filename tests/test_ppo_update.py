@@ -97,3 +97,20 @@ def test_unit_importance_weights_change_nothing():
     weighted, _ = policy_loss(logprobs, old, advantages, mask, importance_weights=torch.ones(3, 5))
     halved, _ = policy_loss(logprobs, old, advantages, mask, importance_weights=torch.full((3, 5), 0.5))
     assert torch.equal(plain, weighted) and torch.allclose(halved, plain / 2)
+
+
+def test_a_learner_resumed_with_another_learning_rate_uses_it_and_keeps_the_moments(tiny_llama_dir):
+    """A PBT perturbation (or a resume with lr changed) must take effect, not be undone by the checkpoint."""
+    from safelatent.methods.learner import OptimizerSettings, PPOLearner
+
+    settings = PPOSettings(estimator="grpo")
+    first = PPOLearner(load(tiny_llama_dir, device="cpu").model, settings, OptimizerSettings(learning_rate=1e-3))
+    loss = sum(parameter.sum() for parameter in first.module.parameters() if parameter.requires_grad)
+    loss.backward()
+    first.optimizer.step()
+    state = first.state_dict()
+    second = PPOLearner(load(tiny_llama_dir, device="cpu").model, settings, OptimizerSettings(learning_rate=5e-4))
+    second.load_state_dict(state)
+    assert [group["lr"] for group in second.optimizer.param_groups] == [5e-4]
+    moments = next(iter(second.optimizer.state.values()))
+    assert int(moments["step"]) == 1 and moments["exp_avg"].abs().sum() > 0

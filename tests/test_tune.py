@@ -128,11 +128,15 @@ def test_an_interrupted_sweep_resumes_through_tune_restore_without_rerunning_fin
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.monotonic() + 400
-    finished: list[Path] = []
-    while not finished and time.monotonic() < deadline and first.poll() is None:
+    started: list[Path] = []
+    # One trial at a time: the second trial's folder appears once Tune has ended the first.
+    while len(started) < 2 and time.monotonic() < deadline and first.poll() is None:
         time.sleep(1)
-        finished = sorted(trials.glob("*/summary.json")) if trials.is_dir() else []
-    assert finished, "no trial finished: " + (first.stdout.read().decode()[-3000:] if first.poll() is not None else "")
+        started = sorted(trials.glob("tiny-sweep-*")) if trials.is_dir() else []
+    assert len(started) == 2, "the first trial did not end: " + (
+        first.stdout.read().decode()[-3000:] if first.poll() is not None else "")
+    finished = [started[0] / "summary.json"]
+    assert finished[0].is_file()
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the middle of the sweep
     output = first.communicate(timeout=120)[0].decode()
     assert first.returncode != 0 and "run the same command with --resume" in output, output[-2000:]
@@ -183,3 +187,43 @@ def test_the_search_algorithm_follows_the_config(tmp_path):
                                                 search={"algorithm": "random", "include_default": True}))
     searcher = Sweep(random, Console(quiet=True)).search_algorithm(1)
     assert searcher._points_to_evaluate == [{"ppo.kl.beta": 1.0}]
+
+
+def test_pbt_continues_weak_trials_from_a_strong_one_with_perturbed_values(
+        ray_cluster, tiny_llama_dir, tiny_judges_dir, tmp_path):
+    config = load_config(TuneConfig, tiny_sweep(
+        tmp_path, tiny_llama_dir, tiny_judges_dir,
+        space={"ppo.kl.beta": {"grid": [0.05, 3.0]}, "optimizer.learning_rate": {"loguniform": [1e-4, 1e-2]}},
+        search={"algorithm": "random", "num_samples": 1, "include_default": False},  # both trials at once
+        scheduler={"kind": "pbt", "perturbation_interval": 1, "mutate": ["optimizer.learning_rate"],
+                   "quantile_fraction": 0.5}))
+    result = run(config)
+    assert [trial.status for trial in result.trials] == ["evaluated", "evaluated"]
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    parent_id = result.tracking_run.rsplit(" ", 1)[-1]
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent_id}'")
+    first_steps = {run.info.run_id: min((point.step for point in client.get_metric_history(run.info.run_id,
+                                                                                            "reward")), default=None)
+                   for run in children}
+    # Two trials started at step 1; each exploit continued a trial from the other's checkpoint in an MLflow run
+    # of its own, with its inputs logged, past the step it was restored at.
+    assert sum(step == 1 for step in first_steps.values()) == 2, first_steps
+    adopted = [run for run in children if first_steps[run.info.run_id] != 1]
+    assert adopted, first_steps
+    assert all("optimizer.learning_rate" in run.data.params for run in adopted)
+    assert all(first_steps[run.info.run_id] in (None, 2) for run in adopted), first_steps
+
+
+def test_pbt_only_perturbs_what_can_change_mid_run(tmp_path):
+    base = {"space": {"head.facets": {"choice": [1, 2]}, "ppo.kl.beta": {"uniform": [0.5, 2.0]}},
+            "search": {"algorithm": "random"}}
+    for scheduler, message in (({"kind": "pbt", "mutate": ["head.facets"]}, "cannot change in the middle"),
+                               ({"kind": "pbt", "mutate": ["optimizer.learning_rate"]}, "not in the space"),
+                               ({"kind": "pbt", "mutate": ["ppo.kl.beta"], "perturbation_interval": 5},
+                                "must be below the trials' steps")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(TuneConfig, tiny_sweep(tmp_path, tmp_path, tmp_path, scheduler=scheduler, **base))
+    with pytest.raises(ConfigError, match=r"set search\.algorithm random"):
+        load_config(TuneConfig, tiny_sweep(tmp_path, tmp_path, tmp_path, scheduler={"kind": "pbt"},
+                                           space=base["space"], search={"algorithm": "optuna"}))

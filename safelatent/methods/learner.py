@@ -101,6 +101,12 @@ class PPOLearner:
                 "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint with this learner's optimizer settings: the moments come from the
+        checkpoint, the hyperparameters (a learning rate changed on resume, or by a PBT perturbation) from here."""
+        settings = [{key: group[key] for key in ("lr", "weight_decay", "betas", "eps")}
+                    for group in self.optimizer.param_groups]
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
         torch.set_rng_state(state["torch_rng"])
