@@ -252,6 +252,34 @@ def train_sls_rlaif(config: ConfigOption = None, overrides: Overrides = None, ad
     _train(SLSRLAIFConfig, run, config or default_config("sls_rlaif.yaml"), overrides, address, resume)
 
 
+@train_app.command("direction-transfer")
+def train_direction_transfer(
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    source: Annotated[Optional[str], typer.Option(help="Source model (directory, hub id or s3://); default: the "
+                                                       "config's (the Llama-style micro-world base model).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Target model; default: the config's (the GPT-2-style "
+                                                       "micro-world base model).")] = None,
+    address: AddressOption = None,
+) -> None:
+    """Direction transfer: a safety direction learned in --source, carried to --target with benign data only.
+
+    Default config: pipelines/configs/direction_transfer.yaml. The model it writes is a copy of the target that
+    carries the transferred steering, so `safelatent eval --model DIR` and serving run it steered.
+    """
+    from pipelines.direction import DirectionTransferConfig, run
+
+    settings = _load_settings(DirectionTransferConfig, config or default_config("direction_transfer.yaml"),
+                              overrides, {"address": address, "source.model": source, "target.model": target})
+    try:
+        result = run(settings, console=console)
+    except ConfigError as error:  # found once the models are known: a layer they lack
+        raise _fail(error, 2) from None
+    except (SafelatentError, FileNotFoundError, OSError, ValueError) as error:
+        raise _fail(error, 1) from None
+    stdout.print(f"model: {result.model_dir}", highlight=False)
+
+
 def _train(config_class, run, config_path: Path, overrides: list[str] | None, address: str | None,
            resume: bool) -> None:
     """Load a pipeline's config (with overrides and --address), run it, and print where the model went."""

@@ -4,17 +4,20 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.direction import DirectionTransferConfig
 from pipelines.rlaif_ppo import RLAIFPPOConfig
 from pipelines.sls_rlaif import SLSRLAIFConfig
+from pipelines.tune import TuneConfig
 from safelatent.config import load_config
 from safelatent.data.microworld import MicroWorldConfig
 from safelatent.judges.build import JudgesConfig
 from safelatent.models.base_model import BaseModelConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
-CLASSES = {"microworld": MicroWorldConfig, "base_model": BaseModelConfig, "judges": JudgesConfig,
+CLASSES = {"direction_transfer": DirectionTransferConfig,
+           "microworld": MicroWorldConfig, "base_model": BaseModelConfig, "judges": JudgesConfig,
            "rlaif_ppo": RLAIFPPOConfig,
-           "sls_rlaif": SLSRLAIFConfig}
+           "sls_rlaif": SLSRLAIFConfig, "tune": TuneConfig}
 
 
 SERVE_FILES = ("serve.yaml",)

@@ -2,7 +2,8 @@
 
 dtype and device come from config: "auto" means bf16 on a GPU and fp32 on the CPU. A directory that
 carries a safe-projection head (safelatent.models.safe_head) loads with the head attached, and `save()`
-writes an attached head back, so an SLS model behaves the same wherever it is loaded.
+writes an attached head back, so an SLS model behaves the same wherever it is loaded. A steering vector
+(safelatent.models.steering) travels with its model the same way.
 """
 
 import tempfile
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from safelatent.config import Config
 from safelatent.models.safe_head import has_head, load_head, save_head
+from safelatent.models.steering import has_steering, load_steering, save_steering
 from safelatent.storage import download
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -72,6 +74,8 @@ def load(name_or_path: str | Path, *, dtype: DTypeName = "auto", device: DeviceN
     model.eval()
     if has_head(location):
         load_head(location, model)
+    if has_steering(location):
+        load_steering(location, model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
@@ -87,4 +91,5 @@ def save(loaded: LoadedModel | tuple[PreTrainedModel, PreTrainedTokenizerBase], 
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     save_head(model, directory)
+    save_steering(model, directory)
     return directory
