@@ -11,6 +11,7 @@ client then sends the token with every request.
 
 import asyncio
 import getpass
+import importlib
 import os
 import re
 import shlex
@@ -23,11 +24,13 @@ from typing import Any
 from cluster.connect import FORWARDED_ENV, QUIET_ENV
 from safelatent.errors import ConfigError, SafelatentError
 
-# Pipeline name → (CLI words that run it, default config under pipelines/configs/).
-PIPELINES: dict[str, tuple[tuple[str, ...], str]] = {
-    "rlaif-ppo": (("train", "rlaif-ppo"), "rlaif_ppo.yaml"),
-    "sls-rlaif": (("train", "sls-rlaif"), "sls_rlaif.yaml"),
-    "tune": (("tune",), "tune_sls.yaml"),
+# Pipeline name → (CLI words that run it, default config under pipelines/configs/, "module:ConfigClass").
+PIPELINES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "rlaif-ppo": (("train", "rlaif-ppo"), "rlaif_ppo.yaml", "pipelines.rlaif_ppo:RLAIFPPOConfig"),
+    "sls-rlaif": (("train", "sls-rlaif"), "sls_rlaif.yaml", "pipelines.sls_rlaif:SLSRLAIFConfig"),
+    "direction-transfer": (("train", "direction-transfer"), "direction_transfer.yaml",
+                           "pipelines.direction:DirectionTransferConfig"),
+    "tune": (("tune",), "tune_sls.yaml", "pipelines.tune:TuneConfig"),
 }
 # Never uploaded as part of the working_dir: outputs, caches, environments, version control. gitignore syntax:
 # a leading slash anchors to the project folder (a bare "data" would also drop the package safelatent/data).
@@ -72,22 +75,13 @@ def check(submission: Submission) -> str:
 
 
 def pipeline_config_class(pipeline: str) -> type:
-    if pipeline == "tune":
-        from pipelines.tune import TuneConfig
-
-        return TuneConfig
-    if pipeline == "sls-rlaif":
-        from pipelines.sls_rlaif import SLSRLAIFConfig
-
-        return SLSRLAIFConfig
-    from pipelines.rlaif_ppo import RLAIFPPOConfig
-
-    return RLAIFPPOConfig
+    module, name = PIPELINES[pipeline][2].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def entrypoint(submission: Submission) -> str:
     """The job's command: the project's CLI as a module, so the uploaded code (not an installed copy) runs."""
-    words, _ = PIPELINES[submission.pipeline]
+    words = PIPELINES[submission.pipeline][0]
     config = (submission.config.resolve().relative_to(submission.working_dir.resolve()).as_posix()
               if submission.working_dir is not None else str(submission.config))
     command = ["python", "-m", "safelatent.cli", *words, "-c", config, *submission.overrides, "--address", "auto"]

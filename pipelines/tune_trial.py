@@ -27,7 +27,11 @@ from safelatent.tuning.objective import ObjectiveSettings, score
 
 def trial_dirname(trial: Any) -> str:
     """Tune's folder for a trial: its id, which also names the trial's pipeline run."""
-    return f"trial_{trial.trial_id}"
+    return dirname_for(trial.trial_id)
+
+
+def dirname_for(trial_id: str) -> str:
+    return f"trial_{trial_id}"
 
 
 def run_trial(sample: dict[str, Any], setup: Mapping[str, Any]) -> None:
@@ -57,7 +61,8 @@ def run_trial(sample: dict[str, Any], setup: Mapping[str, Any]) -> None:
             shutil.copytree(latest[1], copy)
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(scratch))
 
-    restored_from = adopt_tune_checkpoint(tune.get_checkpoint(), config.checkpoint_root(), trial_dirname_of(tune))
+    own_dirname = dirname_for(tune.get_context().get_trial_id())
+    restored_from = adopt_tune_checkpoint(tune.get_checkpoint(), config.checkpoint_root(), own_dirname)
     resume = checkpoint.latest_checkpoint(config.checkpoint_root()) is not None
     result = module.run(config, resume=resume, console=Console(stderr=True), on_step=on_step)
     evaluation = result.evaluation or {}
@@ -72,10 +77,6 @@ def run_trial(sample: dict[str, Any], setup: Mapping[str, Any]) -> None:
                  "step": result.steps_done, "evaluated": 1, "model_dir": str(result.model_dir),
                  "mlflow_run_id": result.tracking_run_id, "run_name": config.name,
                  "restored_from_step": restored_from})
-
-
-def trial_dirname_of(tune: Any) -> str:
-    return f"trial_{tune.get_context().get_trial_id()}"
 
 
 def adopt_tune_checkpoint(tune_checkpoint: Any, root: str, own_dirname: str) -> int:

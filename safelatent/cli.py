@@ -341,7 +341,7 @@ JobsAddress = Annotated[str, typer.Option("--address", envvar="RAY_API_SERVER_AD
 
 @app.command("submit")
 def submit_job(
-    pipeline: Annotated[str, typer.Argument(help="rlaif-ppo, sls-rlaif or tune.")],
+    pipeline: Annotated[str, typer.Argument(help="rlaif-ppo, sls-rlaif, direction-transfer or tune.")],
     address: JobsAddress,
     config: ConfigOption = None,
     overrides: Overrides = None,

@@ -5,7 +5,7 @@ handles: `remove()` (or leaving their `with` block) restores the model exactly, 
 model compose in the order they were added.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -34,35 +34,62 @@ class Hook:
         self.remove()
 
 
-def _replace_hidden(output: Any, transform: HiddenTransform) -> Any:
-    # Blocks return the hidden states alone or as the first item of a tuple, depending on the architecture.
+def map_states(output: Any, transform: HiddenTransform) -> Any:
+    """Apply `transform` to the states in a module's output: a tensor, a tuple's first item (decoder blocks) or a
+    transformers ModelOutput's first field (encoders)."""
     if isinstance(output, torch.Tensor):
         return transform(output)
-    return (transform(output[0]), *output[1:])
+    if isinstance(output, tuple) and not hasattr(output, "keys"):
+        return (transform(output[0]), *output[1:])
+    if isinstance(output, Mapping):
+        first = next(iter(output.keys()))
+        updated = output.__class__(**output)
+        updated[first] = transform(output[first])
+        return updated
+    raise TypeError(f"cannot change the states of a module whose output is a {type(output).__name__}; hooks need "
+                    "states [batch, seq, d] (a tensor, a tuple starting with one, or a ModelOutput)")
 
 
-def _hidden(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output[0]
+def output_states(output: Any) -> torch.Tensor:
+    """The states [batch, seq, d] in a module's output (see `map_states`)."""
+    found: list[torch.Tensor] = []
+    map_states(output, lambda states: found.append(states) or states)
+    return found[0]
+
+
+def transform_output(module: nn.Module, transform: HiddenTransform) -> Hook:
+    """Replace any module's output states h by transform(h) (a decoder layer, an encoder, ...)."""
+    handle = module.register_forward_hook(lambda _module, _inputs, output: map_states(output, transform))
+    return Hook([handle])
 
 
 def transform_hidden(model: nn.Module, layer: int, transform: HiddenTransform) -> Hook:
     """Replace layer ℓ's output h by transform(h) (shape [batch, seq, d] in, same shape out)."""
-    block = decoder_layers(model)[resolve_layer(model, layer)]
-    handle = block.register_forward_hook(lambda _module, _inputs, output: _replace_hidden(output, transform))
-    return Hook([handle])
+    return transform_output(decoder_layers(model)[resolve_layer(model, layer)], transform)
 
 
-def add_vector(model: nn.Module, layer: int, vector: torch.Tensor, scale: float = 1.0) -> Hook:
-    """Activation addition: h ← h + scale·v at every position of layer ℓ's output."""
+def add_to_module(module: nn.Module, vector: torch.Tensor, scale: float = 1.0) -> Hook:
+    """Activation addition on any module whose output is states [batch, seq, d]: h ← h + scale·v everywhere."""
     if vector.dim() != 1:
         raise ValueError(f"the steering vector must be 1-D [d], got shape {tuple(vector.shape)}")
 
     def shift(hidden: torch.Tensor) -> torch.Tensor:
         if hidden.shape[-1] != vector.shape[0]:
-            raise ValueError(f"vector has {vector.shape[0]} dims but layer {layer} states have {hidden.shape[-1]}")
+            raise ValueError(f"the vector has {vector.shape[0]} dims but {type(module).__name__}'s output states "
+                             f"have {hidden.shape[-1]}")
         return hidden + scale * vector.to(device=hidden.device, dtype=hidden.dtype)
 
-    return transform_hidden(model, layer, shift)
+    return transform_output(module, shift)
+
+
+def add_vector(model: nn.Module, layer: int, vector: torch.Tensor, scale: float = 1.0) -> Hook:
+    """Activation addition: h ← h + scale·v at every position of layer ℓ's output."""
+    return add_to_module(decoder_layers(model)[resolve_layer(model, layer)], vector, scale)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a peft wrapper (the model itself otherwise): what carries attachments."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
 
 
 def project(model: nn.Module, layer: int, module: nn.Module) -> Hook:
@@ -83,7 +110,7 @@ class HiddenStateRecorder:
 
     def _recorder(self, layer: int) -> Callable[..., None]:
         def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            hidden = _hidden(output)
+            hidden = output_states(output)
             self.states[layer].append(hidden.detach() if self._detach else hidden)
 
         return record

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from safelatent.models.hooks import Hook, project
+from safelatent.models.hooks import Hook, project, unwrapped
 from safelatent.models.layers import hidden_size, resolve_layer
 
 HEAD_CONFIG = "safe_projection.json"
@@ -42,17 +42,17 @@ def attach(model: nn.Module, layer: int, head: nn.Module) -> AttachedHead:
     parameter = next(model.parameters())
     head.to(parameter.device)
     attached = AttachedHead(layer=resolve_layer(model, layer), head=head, hook=project(model, layer, head))
-    object.__setattr__(_holder(model), _ATTRIBUTE, attached)
+    object.__setattr__(unwrapped(model), _ATTRIBUTE, attached)
     return attached
 
 
 def attached_head(model: nn.Module) -> AttachedHead | None:
-    return _holder(model).__dict__.get(_ATTRIBUTE)
+    return unwrapped(model).__dict__.get(_ATTRIBUTE)
 
 
 def detach(model: nn.Module) -> None:
     """Remove the head, restoring the model's own forward pass exactly."""
-    holder = _holder(model)
+    holder = unwrapped(model)
     attached = holder.__dict__.pop(_ATTRIBUTE, None)
     if attached is not None:
         attached.hook.remove()
@@ -97,8 +97,3 @@ def load_head(directory: str | Path, model: nn.Module) -> AttachedHead:
     head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
     head.requires_grad_(False)
     return attach(model, spec["layer"], head)
-
-
-def _holder(model: nn.Module) -> nn.Module:
-    # A peft wrapper delegates to the Hugging Face model inside; keep the head on that one.
-    return model.get_base_model() if hasattr(model, "peft_config") else model

@@ -14,7 +14,7 @@ restores the model's own forward pass exactly.
 
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from safelatent.models.hooks import Hook, add_vector
+from safelatent.models.hooks import Hook, add_to_module, add_vector, output_states, unwrapped
 from safelatent.models.layers import decoder_layers, hidden_size, resolve_layer
 
 STEERING_CONFIG = "steering.json"
@@ -89,42 +89,6 @@ class AttachedSteering:
         return self
 
 
-def add_to_module(module: nn.Module, vector: torch.Tensor, scale: float = 1.0) -> Hook:
-    """e ← e + scale·v at every position of `module`'s output states (any module whose output is [batch, seq, d])."""
-    _check_vector(vector)
-
-    def shift(states: torch.Tensor) -> torch.Tensor:
-        if states.shape[-1] != vector.shape[0]:
-            raise ValueError(f"the steering vector has {vector.shape[0]} dims but {type(module).__name__}'s output "
-                             f"states have {states.shape[-1]}")
-        return states + scale * vector.to(device=states.device, dtype=states.dtype)
-
-    handle = module.register_forward_hook(lambda _module, _inputs, output: map_states(output, shift))
-    return Hook([handle])
-
-
-def map_states(output: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply `transform` to the states in a module's output: a tensor, a tuple's first item or a ModelOutput's."""
-    if isinstance(output, torch.Tensor):
-        return transform(output)
-    if isinstance(output, tuple) and not hasattr(output, "keys"):
-        return (transform(output[0]), *output[1:])
-    if isinstance(output, Mapping):  # a transformers ModelOutput: states first (last_hidden_state)
-        first = next(iter(output.keys()))
-        updated = output.__class__(**output)
-        updated[first] = transform(output[first])
-        return updated
-    raise TypeError(f"cannot steer a module whose output is a {type(output).__name__}; steering needs states "
-                    "[batch, seq, d] (a tensor, a tuple starting with one, or a ModelOutput)")
-
-
-def output_states(output: Any) -> torch.Tensor:
-    """The states [batch, seq, d] in a module's output (see `map_states`)."""
-    found: list[torch.Tensor] = []
-    map_states(output, lambda states: found.append(states) or states)
-    return found[0]
-
-
 class SiteRecorder:
     """Records the output states of a site during forward passes: `recorder.states` is a list of [batch, seq, d]."""
 
@@ -156,17 +120,17 @@ def attach(model: nn.Module, site: SteeringSite, vector: torch.Tensor, scale: fl
     hook = (add_vector(model, site.layer, vector, scale) if site.layer is not None
             else add_to_module(site.target(model), vector, scale))
     attached = AttachedSteering(site=site, vector=vector, scale=scale, hook=hook, metadata=dict(metadata or {}))
-    object.__setattr__(_holder(model), _ATTRIBUTE, attached)
+    object.__setattr__(unwrapped(model), _ATTRIBUTE, attached)
     return attached
 
 
 def attached_steering(model: nn.Module) -> AttachedSteering | None:
-    return _holder(model).__dict__.get(_ATTRIBUTE)
+    return unwrapped(model).__dict__.get(_ATTRIBUTE)
 
 
 def detach(model: nn.Module) -> None:
     """Remove the steering, restoring the model's own forward pass exactly."""
-    attached = _holder(model).__dict__.pop(_ATTRIBUTE, None)
+    attached = unwrapped(model).__dict__.pop(_ATTRIBUTE, None)
     if attached is not None:
         attached.hook.remove()
 
@@ -257,8 +221,3 @@ def _check_vector(vector: torch.Tensor) -> None:
         raise ValueError(f"the steering vector must be a 1-D tensor [d], got {shape}")
     if not torch.isfinite(vector).all():
         raise ValueError("the steering vector contains NaN or infinite values")
-
-
-def _holder(model: nn.Module) -> nn.Module:
-    # A peft wrapper delegates to the Hugging Face model inside; keep the steering on that one.
-    return model.get_base_model() if hasattr(model, "peft_config") else model
