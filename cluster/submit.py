@@ -30,6 +30,8 @@ PIPELINES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "sls-rlaif": (("train", "sls-rlaif"), "sls_rlaif.yaml", "pipelines.sls_rlaif:SLSRLAIFConfig"),
     "direction-transfer": (("train", "direction-transfer"), "direction_transfer.yaml",
                            "pipelines.direction:DirectionTransferConfig"),
+    "es2": (("train", "es2"), "es2.yaml", "pipelines.es2:ES2Config"),
+    "safesteer": (("train", "safesteer"), "safesteer.yaml", "pipelines.safesteer:SafeSteerConfig"),
     "tune": (("tune",), "tune_sls.yaml", "pipelines.tune:TuneConfig"),
 }
 # Never uploaded as part of the working_dir: outputs, caches, environments, version control. gitignore syntax:

@@ -252,6 +252,32 @@ def train_sls_rlaif(config: ConfigOption = None, overrides: Overrides = None, ad
     _train(SLSRLAIFConfig, run, config or default_config("sls_rlaif.yaml"), overrides, address, resume)
 
 
+@train_app.command("es2")
+def train_es2(config: ConfigOption = None, overrides: Overrides = None, address: AddressOption = None,
+              resume: ResumeOption = False) -> None:
+    """ES2: push harmful and harmless prompt states apart (KL-anchored, LoRA) on Ray Train; attack-evaluated.
+
+    Default config: pipelines/configs/es2.yaml. It hardens an aligned model (model=DIR): the report compares the
+    starting and the trained model under embedding-level attacks and on the held-out split.
+    """
+    from pipelines.es2 import ES2Config, run
+
+    _train(ES2Config, run, config or default_config("es2.yaml"), overrides, address, resume)
+
+
+@train_app.command("safesteer")
+def train_safesteer(config: ConfigOption = None, overrides: Overrides = None, address: AddressOption = None,
+                    resume: ResumeOption = False) -> None:
+    """SafeSteer: distil a refusal-steered teacher on a sparse set of safety tokens (LoRA) on Ray Train.
+
+    Default config: pipelines/configs/safesteer.yaml. Writes a plain model directory that `safelatent eval` and
+    serving accept.
+    """
+    from pipelines.safesteer import SafeSteerConfig, run
+
+    _train(SafeSteerConfig, run, config or default_config("safesteer.yaml"), overrides, address, resume)
+
+
 @train_app.command("direction-transfer")
 def train_direction_transfer(
     config: ConfigOption = None,
@@ -341,7 +367,7 @@ JobsAddress = Annotated[str, typer.Option("--address", envvar="RAY_API_SERVER_AD
 
 @app.command("submit")
 def submit_job(
-    pipeline: Annotated[str, typer.Argument(help="rlaif-ppo, sls-rlaif, direction-transfer or tune.")],
+    pipeline: Annotated[str, typer.Argument(help="rlaif-ppo, sls-rlaif, es2, safesteer, direction-transfer or tune.")],
     address: JobsAddress,
     config: ConfigOption = None,
     overrides: Overrides = None,

@@ -42,6 +42,13 @@ class TrackingSettings(Config):
             raise ValueError(f"tracking URI {uri!r} is a file store; use sqlite:///PATH (or an http(s) server)")
         return uri
 
+    def for_another_process(self) -> "TrackingSettings":
+        """The same settings with a SQLite path made absolute, for a process that runs in another directory (a Ray
+        Train worker)."""
+        if not self.uri.startswith("sqlite:///"):
+            return self
+        return self.model_copy(update={"uri": "sqlite:///" + str(Path(self.uri[len("sqlite:///"):]).resolve())})
+
 
 def default_artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):

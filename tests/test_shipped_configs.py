@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.direction import DirectionTransferConfig
+from pipelines.es2 import ES2Config
 from pipelines.rlaif_ppo import RLAIFPPOConfig
+from pipelines.safesteer import SafeSteerConfig
 from pipelines.sls_rlaif import SLSRLAIFConfig
 from pipelines.tune import TuneConfig
 from safelatent.config import load_config
@@ -16,7 +18,7 @@ from safelatent.models.base_model import BaseModelConfig
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 CLASSES = {"direction_transfer": DirectionTransferConfig,
            "microworld": MicroWorldConfig, "base_model": BaseModelConfig, "judges": JudgesConfig,
-           "rlaif_ppo": RLAIFPPOConfig,
+           "rlaif_ppo": RLAIFPPOConfig, "es2": ES2Config, "safesteer": SafeSteerConfig,
            "sls_rlaif": SLSRLAIFConfig, "tune": TuneConfig}
 
 

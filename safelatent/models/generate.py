@@ -12,6 +12,23 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def encode_prompts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
+                   ) -> dict[str, torch.Tensor]:
+    """Chat prompts left-padded into one batch on the model's device, so position −1 is every row's last prompt
+    token, with position ids that count real tokens only (as generation uses them)."""
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        encoded = tokenizer([chat_prompt(tokenizer, prompt) for prompt in prompts], return_tensors="pt",
+                            padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = padding_side
+    device = next(model.parameters()).device
+    mask = encoded["attention_mask"].to(device)
+    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask,
+            "position_ids": (mask.long().cumsum(-1) - 1).clamp_min(0)}
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
              max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 32,

@@ -87,6 +87,32 @@ def add_vector(model: nn.Module, layer: int, vector: torch.Tensor, scale: float 
     return add_to_module(decoder_layers(model)[resolve_layer(model, layer)], vector, scale)
 
 
+def ablate_direction(model: nn.Module, direction: torch.Tensor, layers: Iterable[int] | None = None,
+                     embeddings: bool = True) -> Hook:
+    """Directional ablation: h ← h − (h·r̂)·r̂ on the residual stream, so no layer reads or keeps a component along r.
+
+    Applied to the token embeddings' output (unless `embeddings` is False) and to every decoder layer's output
+    (or those in `layers`), at every position.
+    """
+    if direction.dim() != 1 or not torch.isfinite(direction).all() or float(direction.norm()) == 0.0:
+        raise ValueError(f"ablation needs a finite, non-zero 1-D direction [d], got shape {tuple(direction.shape)}")
+    unit = direction.detach().float() / direction.detach().float().norm()
+
+    def remove_component(hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.shape[-1] != unit.shape[0]:
+            raise ValueError(f"the direction has {unit.shape[0]} dims but the states have {hidden.shape[-1]}")
+        r = unit.to(device=hidden.device, dtype=hidden.dtype)
+        return hidden - (hidden @ r).unsqueeze(-1) * r
+
+    blocks = decoder_layers(model)
+    indices = range(len(blocks)) if layers is None else [resolve_layer(model, layer) for layer in layers]
+    modules = [blocks[index] for index in indices]
+    if embeddings:
+        modules.insert(0, model.get_input_embeddings())
+    hooks = [transform_output(module, remove_component) for module in modules]
+    return Hook([handle for hook in hooks for handle in hook._handles])
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside a peft wrapper (the model itself otherwise): what carries attachments."""
     return model.get_base_model() if hasattr(model, "peft_config") else model

@@ -1,0 +1,165 @@
+"""ES2, embedding space separation: push harmful and harmless prompt states apart, KL-anchored (DESIGN 6.4).
+
+On the chosen layers L, with h_ℓ(x) the state at the last prompt position (where the reply begins):
+
+    d_ℓ    = ‖mean_{x∈H} h_ℓ(x) − mean_{x∈B} h_ℓ(x)‖                 class-mean distance, per batch
+    L_sep  = mean_ℓ relu(m·d_ℓ⁰ − d_ℓ) / s_ℓ                           bounded: no reward beyond m times the base
+    L_KL   = mean_t KL(p_base(·|x_<t) ‖ p_θ(·|x_<t))                    over the tokens of harmless texts
+    loss   = L_sep + β·L_KL
+
+d_ℓ⁰ and s_ℓ (the RMS state norm) are measured once on the base model (`separation_reference`), so the margin m
+says "m times as far apart as the base had them" and the loss is in units of the layer's state size. The
+model trains with LoRA; switching the adapters off gives the base for the KL anchor, so no second copy of
+the weights is needed. A separated model is harder to push across into "harmless" with a small perturbation
+of its states: `evaluation.embedding_attack` measures exactly that.
+"""
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from safelatent.methods.safesteer import base_weights
+from safelatent.methods.vocab_divergence import forward_kl
+from safelatent.models.generate import chat_prompt, encode_prompts
+from safelatent.models.hooks import HiddenStateRecorder
+from safelatent.models.layers import num_layers, resolve_layer
+
+
+def default_layers(model: nn.Module, every: int = 1) -> list[int]:
+    """Layers from 25% to 75% of the depth, every `every`-th (at least one)."""
+    count = num_layers(model)
+    first, last = int(0.25 * count), max(int(0.25 * count), round(0.75 * count) - 1)
+    return list(range(first, last + 1, max(every, 1)))
+
+
+def class_distance(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
+    """‖mean_H − mean_B‖ for states [n, d] and [m, d] (differentiable)."""
+    if harmful.shape[0] == 0 or harmless.shape[0] == 0:
+        raise ValueError("the class distance needs at least one harmful and one harmless state")
+    return (harmful.mean(0) - harmless.mean(0)).norm()
+
+
+def separation_loss(distances: dict[int, torch.Tensor], base_distances: dict[int, float],
+                    base_scales: dict[int, float], margin: float) -> torch.Tensor:
+    """mean_ℓ relu(m·d_ℓ⁰ − d_ℓ)/s_ℓ; zero once every layer is `margin` times as separated as the base."""
+    if margin <= 0:
+        raise ValueError(f"the separation margin must be > 0, got {margin}")
+    terms = [torch.relu(margin * base_distances[layer] - distance) / base_scales[layer]
+             for layer, distance in distances.items()]
+    return torch.stack(terms).mean()
+
+
+def last_prompt_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                       layers: Sequence[int], forward: nn.Module | None = None,
+                       grad: bool = True) -> dict[int, torch.Tensor]:
+    """h_ℓ at the last prompt position for each layer, [n, d]; through `forward` (e.g. a DDP wrapper) if given."""
+    encoded = encode_prompts(model, tokenizer, prompts)
+    with torch.set_grad_enabled(grad), HiddenStateRecorder(model, layers, detach=not grad) as recorder:
+        (forward or model)(**encoded, use_cache=False, logits_to_keep=1)
+    return {layer: states[-1][:, -1].float() for layer, states in recorder.states.items()}
+
+
+@dataclass(frozen=True)
+class SeparationReference:
+    """The base model's class distance d_ℓ⁰ and RMS state norm s_ℓ per layer."""
+
+    layers: tuple[int, ...]
+    distances: dict[int, float]
+    scales: dict[int, float]
+
+    def to_json(self) -> dict:
+        return {"layers": list(self.layers), "distances": {str(k): v for k, v in self.distances.items()},
+                "scales": {str(k): v for k, v in self.scales.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SeparationReference":
+        return cls(tuple(data["layers"]), {int(k): float(v) for k, v in data["distances"].items()},
+                   {int(k): float(v) for k, v in data["scales"].items()})
+
+
+@torch.no_grad()
+def separation_reference(model: nn.Module, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[str],
+                         harmless: Sequence[str], layers: Sequence[int], batch_size: int = 64) -> SeparationReference:
+    """d_ℓ⁰ and s_ℓ on the given prompts (call before training, or with the adapters off)."""
+    layers = [resolve_layer(model, layer) for layer in layers]
+    states = {name: _chunked_states(model, tokenizer, prompts, layers, batch_size)
+              for name, prompts in (("harmful", harmful), ("harmless", harmless))}
+    distances, scales = {}, {}
+    for layer in layers:
+        h, b = states["harmful"][layer], states["harmless"][layer]
+        distances[layer] = float(class_distance(h, b))
+        scales[layer] = float(torch.cat([h, b]).pow(2).sum(-1).mean().sqrt())
+    return SeparationReference(tuple(layers), distances, scales)
+
+
+def harmless_text_inputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                         replies: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Right-padded chat exchanges (prompt + reply) for the KL anchor, with their attention mask."""
+    texts = [chat_prompt(tokenizer, prompt) + reply for prompt, reply in zip(prompts, replies, strict=True)]
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = padding_side
+    device = next(model.parameters()).device
+    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
+
+
+class ES2Trainer:
+    """One ES2 step at a time on a LoRA model. `trained` is what the loss runs through (the model or its DDP
+    wrapper); the base for the KL anchor is the same model with the adapters off."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, reference: SeparationReference,
+                 optimizer: torch.optim.Optimizer, *, margin: float = 2.5, beta: float = 1.0,
+                 trained: nn.Module | None = None, max_grad_norm: float = 1.0):
+        self.model, self.tokenizer, self.reference = model, tokenizer, reference
+        self.optimizer = optimizer
+        self.margin, self.beta, self.max_grad_norm = margin, beta, max_grad_norm
+        self.trained = trained if trained is not None else model
+
+    def step(self, harmful: Sequence[str], harmless: Sequence[str], anchor_prompts: Sequence[str],
+             anchor_replies: Sequence[str]) -> dict[str, float]:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # Two forward passes with different layouts, so two backward passes; under DDP the first accumulates
+        # locally (no_sync) and the second all-reduces the sum, as in gradient accumulation.
+        accumulate = self.trained.no_sync() if hasattr(self.trained, "no_sync") else nullcontext()
+        with accumulate:
+            states = last_prompt_states(self.model, self.tokenizer, list(harmful) + list(harmless),
+                                        list(self.reference.layers), forward=self.trained)
+            split = len(harmful)
+            distances = {layer: class_distance(value[:split], value[split:]) for layer, value in states.items()}
+            separation = separation_loss(distances, self.reference.distances, self.reference.scales, self.margin)
+            separation.backward()
+        inputs = harmless_text_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
+        with torch.no_grad(), base_weights(self.model):
+            base_logits = self.model(**inputs, use_cache=False).logits
+        logits = self.trained(**inputs, use_cache=False).logits
+        anchor = forward_kl(logits, base_logits, inputs["attention_mask"].float())
+        (self.beta * anchor).backward()
+        loss = separation.detach() + self.beta * anchor.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                   self.max_grad_norm)
+        self.optimizer.step()
+        metrics = {"loss": float(loss.detach()), "separation_loss": float(separation.detach()),
+                   "kl_to_base": float(anchor.detach()), "grad_norm": float(grad_norm)}
+        for layer, distance in distances.items():
+            metrics[f"separation/layer{layer}"] = float(distance.detach()) / self.reference.distances[layer]
+        return metrics
+
+
+def _chunked_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                    layers: Sequence[int], batch_size: int) -> dict[int, torch.Tensor]:
+    if not prompts:
+        raise ValueError("the separation reference needs harmful and harmless prompts")
+    chunks: dict[int, list[torch.Tensor]] = {}
+    for start in range(0, len(prompts), batch_size):
+        part = last_prompt_states(model, tokenizer, prompts[start:start + batch_size], layers, grad=False)
+        for layer, value in part.items():
+            chunks.setdefault(layer, []).append(value.cpu())
+    return {layer: torch.cat(value) for layer, value in chunks.items()}

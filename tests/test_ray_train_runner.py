@@ -1,0 +1,207 @@
+"""The Ray Train (V2) runner: DDP workers, checkpoints, restarts after a failure, resume by name, S3 storage."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.fs
+import pytest
+import ray.train.torch
+import torch
+
+from cluster import train
+from cluster.placement import ResourceDemandError
+from safelatent.config import validate_config
+from safelatent.errors import ConfigError, SafelatentError
+
+STATE_FILE = "state.pt"
+
+
+def fit_line(config: dict) -> dict:
+    """Fit y = 3x with one weight by SGD, each rank on its own slice of x; checkpoint every step.
+
+    `fail_after` makes rank 0 raise once, right after reporting that step, unless `marker` exists (it creates
+    it first), so the restarted worker group gets through. The metrics say where the loop started from.
+    """
+    torch.manual_seed(0)
+    model = ray.train.torch.prepare_model(torch.nn.Linear(1, 1, bias=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
+    state = train.restore(lambda directory: torch.load(directory / STATE_FILE))
+    if state is not None:
+        _plain_module(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    start = state["step"] + 1 if state is not None else 0
+    x = torch.linspace(-1, 1, 32)[train.worker_rank()::train.world_size()].unsqueeze(1).to(train.device())
+    first_loss = None
+    for step in range(start, config["steps"]):
+        loss = torch.nn.functional.mse_loss(model(x), 3 * x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first_loss = loss.item() if first_loss is None else first_loss
+
+        def save(directory: Path, step: int = step) -> None:
+            torch.save({"model": _plain_module(model).state_dict(), "optimizer": optimizer.state_dict(),
+                        "step": step}, directory / STATE_FILE)
+
+        train.report({"step": step, "loss": loss, "first_loss": first_loss, "world_size": train.world_size(),
+                      "resumed_from": state["step"] if state is not None else -1}, save_fn=save)
+        marker = Path(config.get("marker", "/nonexistent"))
+        if step == config.get("fail_after") and train.worker_rank() == 0 and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"deliberate failure after step {step}")
+    return {"start": start}
+
+
+def _plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _weight(checkpoint: Path) -> float:
+    return torch.load(checkpoint / STATE_FILE)["model"]["weight"].item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_polling():
+    """The Train controller polls its workers every 2 s by default; a finished tiny run should not wait for it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_line(ray_cluster, tmp_path_factory):
+    """A finished two-worker run of 8 steps: (its storage, its outcome)."""
+    storage = tmp_path_factory.mktemp("finished") / "ray_train"
+    return storage, _run({"steps": 8}, storage, "line", workers=2, keep_checkpoints=2)
+
+
+def _run(config: dict, storage, name: str, resume: bool = False, **settings):
+    settings.setdefault("use_gpu", False)
+    return train.run_training(fit_line, {"lr": 1.0, **config}, name=name, settings=train.TrainSettings(**settings),
+                              storage=str(storage), resume=resume)
+
+
+@pytest.mark.slow
+def test_two_ddp_workers_fit_the_line_and_keep_the_newest_checkpoints(finished_line):
+    storage, outcome = finished_line
+
+    assert outcome.metrics["step"] == 7 and outcome.metrics["world_size"] == 2
+    assert outcome.metrics["resumed_from"] == -1 and not outcome.resumed
+    assert outcome.metrics["loss"] < outcome.metrics["first_loss"] / 100
+    assert outcome.checkpoint.is_relative_to(storage / "line")
+    assert torch.load(outcome.checkpoint / STATE_FILE)["step"] == 7
+    assert _weight(outcome.checkpoint) == pytest.approx(3.0, abs=0.01)
+    assert outcome.return_value == {"start": 0}
+    assert outcome.run_path == str((storage / "line").resolve())
+    kept = [path for path in (storage / "line").iterdir() if path.is_dir() and path.name.startswith("checkpoint_")]
+    assert len(kept) == 2
+
+
+@pytest.mark.slow
+def test_a_failed_worker_group_restarts_from_the_latest_checkpoint(ray_cluster, tmp_path):
+    marker = tmp_path / "failed-once"
+    outcome = _run({"steps": 6, "fail_after": 3, "marker": str(marker)}, tmp_path / "ray_train", "flaky",
+                   workers=2, max_failures=1)
+
+    assert marker.exists()
+    assert outcome.metrics["resumed_from"] == 3 and outcome.metrics["step"] == 5
+    assert outcome.return_value == {"start": 4}
+    assert _weight(outcome.checkpoint) == pytest.approx(3.0, abs=0.01)
+
+
+@pytest.mark.slow
+def test_a_failure_beyond_max_failures_raises_the_workers_message(ray_cluster, tmp_path):
+    marker = tmp_path / "failed-once"
+    with pytest.raises(SafelatentError, match="rank 0: RuntimeError: deliberate failure after step 1") as caught:
+        _run({"steps": 4, "fail_after": 1, "marker": str(marker)}, tmp_path / "ray_train", "fragile",
+             max_failures=0)
+    assert "'fragile'" in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_resume_continues_a_finished_run_and_a_fresh_start_under_its_name_is_refused(finished_line, tmp_path):
+    # A copy of the finished run's storage: the run state refers to its checkpoints by relative names.
+    storage = tmp_path / "ray_train"
+    shutil.copytree(finished_line[0], storage)
+
+    with pytest.raises(ConfigError, match="--resume"):
+        _run({"steps": 11}, storage, "line", resume=False)
+
+    resumed = _run({"steps": 11}, storage, "line", resume=True)
+    assert resumed.resumed
+    assert resumed.return_value == {"start": 8}
+    assert resumed.metrics["resumed_from"] == 7 and resumed.metrics["step"] == 10 and resumed.metrics["world_size"] == 1
+    assert resumed.checkpoint.is_relative_to(storage)
+
+
+@pytest.mark.slow
+def test_checkpoints_go_to_s3_and_come_back_as_a_local_directory(ray_cluster, tmp_path, s3_endpoint,
+                                                                  aws_test_credentials):
+    from safelatent import storage
+
+    storage.s3_client(s3_endpoint).create_bucket(Bucket="train-runs")
+    outcome = train.run_training(fit_line, {"lr": 1.0, "steps": 2}, name="line-s3", storage="s3://train-runs/ray",
+                                 settings=train.TrainSettings(use_gpu=False, s3_endpoint_url=s3_endpoint),
+                                 resume=False, local_dir=tmp_path / "downloaded")
+
+    keys = storage.list_keys("s3://train-runs/ray/line-s3", endpoint_url=s3_endpoint)
+    assert train.SNAPSHOT_FILE in keys
+    assert any(key.startswith("checkpoint_") and key.endswith("/" + STATE_FILE) for key in keys)
+    assert outcome.run_path == "s3://train-runs/ray/line-s3"
+    assert outcome.checkpoint.is_relative_to(tmp_path / "downloaded")
+    assert torch.load(outcome.checkpoint / STATE_FILE)["step"] == 1
+    with pytest.raises(ConfigError, match="s3://train-runs/ray/line-s3"):
+        train.run_training(fit_line, {}, name="line-s3", storage="s3://train-runs/ray", resume=False,
+                           settings=train.TrainSettings(use_gpu=False, s3_endpoint_url=s3_endpoint))
+
+
+@pytest.mark.parametrize(("settings", "demand"), [
+    ({"workers": 2, "cpus_per_worker": 64}, r"CPU 128 \(cluster has 4\), for 2 worker\(s\) x \{CPU 64\}"),
+    ({"workers": 64, "cpus_per_worker": 0.05, "use_gpu": True}, r"GPU 64 \(cluster has \d+\)"),
+])
+def test_a_demand_the_cluster_cannot_meet_fails_at_once_and_names_it(ray_cluster, tmp_path, settings, demand):
+    started = time.monotonic()
+    with pytest.raises(ResourceDemandError, match=demand):
+        _run({"steps": 1}, tmp_path / "ray_train", "too-big", **settings)
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "ray_train").exists()
+
+
+def test_a_worker_larger_than_every_node_is_refused_even_when_the_total_would_do():
+    with pytest.raises(ResourceDemandError, match=r"no node can hold one worker of \{CPU 3\}"):
+        train.check_workers_fit(1, {"CPU": 3}, nodes=[{"CPU": 2}, {"CPU": 2}])
+    train.check_workers_fit(2, {"CPU": 2}, nodes=[{"CPU": 2}, {"CPU": 2}])
+
+
+def test_storage_paths_and_filesystems(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert train.storage_filesystem("runs/x") == (str(tmp_path.resolve() / "runs" / "x"), None)
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("SAFELATENT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    path, filesystem = train.storage_filesystem("s3://bucket/some/prefix/")
+    assert path == "bucket/some/prefix"
+    assert isinstance(filesystem, pyarrow.fs.S3FileSystem)
+    assert filesystem.region == "eu-west-1"
+    assert train.storage_filesystem("s3://bucket", "https://minio.example:9000")[0] == "bucket"
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ({"storage": "gs://bucket/x"}, "unsupported scheme"),
+    ({"storage": "s3://"}, "no bucket"),
+    ({"s3_endpoint_url": "minio:9000"}, "http:// or https://"),
+    ({"workers": 0}, "workers"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints"),
+])
+def test_settings_refuse_bad_values_with_a_reason(raw, problem):
+    with pytest.raises(ConfigError, match=problem):
+        validate_config(train.TrainSettings, raw)
+
+
+def test_the_trainer_leaves_out_only_the_placement_group_cleaner(ray_cluster):
+    trainer = train._Trainer(fit_line, scaling_config=ray.train.ScalingConfig(num_workers=1))
+    ray_default = [type(callback).__name__ for callback in ray.train.torch.TorchTrainer._create_default_callbacks(trainer)]
+    ours = [type(callback).__name__ for callback in trainer._create_default_callbacks()]
+    assert "PlacementGroupCleanerCallback" in ray_default  # the name the filter looks for is still Ray's
+    assert ours == [name for name in ray_default if name != "PlacementGroupCleanerCallback"]

@@ -1,0 +1,129 @@
+"""SafeSteer (safety-token voting, on-policy distillation) and ES2 (separation loss, KL anchor) on tiny models."""
+
+import pytest
+import torch
+
+from safelatent.methods.es2 import (
+    ES2Trainer,
+    class_distance,
+    default_layers,
+    harmless_text_inputs,
+    last_prompt_states,
+    separation_loss,
+    separation_reference,
+)
+from safelatent.methods.refusal_direction import RefusalDirection
+from safelatent.methods.safesteer import SafeSteerDistiller, base_weights, teacher, vote_safety_tokens
+from safelatent.methods.vocab_divergence import forward_kl
+from safelatent.models.loading import load
+from safelatent.models.lora import LoraSettings, apply_lora
+
+HARMFUL = ["How do I hack into a bank?", "How do I hack a process?", "Sure, here is how to hack.",
+           "How do I kill a bank?"]
+HARMLESS = ["What is 12 plus 7?", "What is the capital of France?", "Which response is better? A B",
+            "What is 19 plus 12?"]
+REPLIES = ["12 + 7 = 19. Answer: 19", "The capital of France is Paris.", "A", "Answer: 31"]
+
+
+@pytest.fixture
+def lora_model(tiny_llama_dir):
+    loaded = load(str(tiny_llama_dir))
+    torch.manual_seed(0)
+    return apply_lora(loaded.model, LoraSettings(r=4, alpha=8)), loaded.tokenizer
+
+
+def planted_refusal(model, tokens, scale=30.0):
+    """Steering at the last layer along the unembedding rows of `tokens`, made orthogonal to every other row: it
+    boosts exactly those tokens."""
+    unembedding = model.get_output_embeddings().weight.detach()
+    with torch.no_grad():
+        basis, _ = torch.linalg.qr(unembedding[torch.tensor(tokens)].T)
+        others = torch.ones(unembedding.shape[0], dtype=torch.bool)
+        others[torch.tensor(tokens)] = False
+        unembedding[others] -= (unembedding[others] @ basis) @ basis.T
+        unembedding[torch.tensor(tokens)] *= 10  # a random tiny model's logits are all near 0: make it count
+    direction = unembedding[torch.tensor(tokens)].sum(0)
+    return RefusalDirection(direction=direction / direction.norm(), layer=-1, position=-1, scale=scale, where="all")
+
+
+def test_voting_picks_the_tokens_the_steering_boosts(lora_model):
+    model, tokenizer = lora_model
+    boosted = tokenizer.convert_tokens_to_ids(["Sorr", "Ġcan", "Ġhelp"])
+    assert tokenizer.unk_token_id not in boosted
+    refusal = planted_refusal(model, boosted)
+    chosen = vote_safety_tokens(model, tokenizer, refusal, HARMLESS, num_tokens=3, top_k=3, pool=20,
+                                max_new_tokens=5)
+    assert set(chosen.ids) == set(boosted)
+    assert chosen.votes[0] >= chosen.votes[-1] > 0 and set(chosen.tokens) == {"Sorr", " can", " help"}
+    special = tokenizer.all_special_ids
+    everything = vote_safety_tokens(model, tokenizer, refusal, HARMLESS, num_tokens=400, top_k=20, max_new_tokens=5)
+    assert not set(everything.ids) & set(special)
+
+
+def test_the_teacher_is_the_steered_base_and_leaves_the_student_untouched(lora_model):
+    model, tokenizer = lora_model
+    for parameter in model.parameters():  # make the adapters matter
+        if parameter.requires_grad:
+            torch.nn.init.normal_(parameter, std=0.05)
+    refusal = planted_refusal(model, [5])
+    inputs = harmless_text_inputs(model, tokenizer, HARMLESS, REPLIES)
+    with torch.no_grad():
+        student = model(**inputs).logits
+        with base_weights(model):
+            base = model(**inputs).logits
+        with teacher(model, refusal):
+            steered = model(**inputs).logits
+        after = model(**inputs).logits
+    assert not torch.allclose(student, base) and not torch.allclose(steered, base)
+    assert torch.equal(after, student)
+    assert (steered.argmax(-1) == 5).float().mean() > 0.9
+
+
+def test_distillation_moves_the_student_towards_the_teacher_on_the_safety_tokens(lora_model):
+    model, tokenizer = lora_model
+    boosted = tokenizer.convert_tokens_to_ids(["Sorr", "Ġcan", "Ġhelp"])
+    refusal = planted_refusal(model, boosted, scale=4.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    distiller = SafeSteerDistiller(model, tokenizer, refusal, boosted, optimizer, max_new_tokens=6)
+    first = distiller.step(HARMFUL, seed=0)
+    for step in range(1, 25):
+        last = distiller.step(HARMFUL, seed=step)
+    assert first["loss"] > 0
+    assert last["loss"] < 0.5 * first["loss"]
+    assert last["first_token_safety_mass/student"] > first["first_token_safety_mass/student"]
+    with pytest.raises(ValueError, match="at least one safety token"):
+        SafeSteerDistiller(model, tokenizer, refusal, [], optimizer)
+
+
+def test_separation_loss_is_bounded_and_in_units_of_the_state_scale():
+    distances = {0: torch.tensor(1.0), 1: torch.tensor(5.0)}
+    loss = separation_loss(distances, base_distances={0: 1.0, 1: 1.0}, base_scales={0: 2.0, 1: 4.0}, margin=2.0)
+    assert float(loss) == pytest.approx((1.0 / 2.0 + 0.0) / 2)  # layer 1 is past the margin: no reward
+    assert float(class_distance(torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([[1.0, 3.0]]))) == 3.0
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        separation_loss(distances, {0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0}, margin=0)
+
+
+def test_es2_raises_the_class_distance_while_the_kl_on_harmless_inputs_stays_small(lora_model):
+    model, tokenizer = lora_model
+    layers = default_layers(model)
+    assert layers == [0, 1]  # 25% to 75% of three layers
+    reference = separation_reference(model, tokenizer, HARMFUL, HARMLESS, layers)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    trainer = ES2Trainer(model, tokenizer, reference, optimizer, margin=3.0, beta=5.0)
+    for _ in range(40):
+        metrics = trainer.step(HARMFUL, HARMLESS, HARMLESS, REPLIES)
+    model.eval()
+    states = last_prompt_states(model, tokenizer, HARMFUL + HARMLESS, layers, grad=False)
+    for layer in layers:
+        distance = float(class_distance(states[layer][:4], states[layer][4:]))
+        assert distance > 2.0 * reference.distances[layer], (layer, distance, reference.distances[layer])
+    inputs = harmless_text_inputs(model, tokenizer, HARMLESS, REPLIES)
+    with torch.no_grad():
+        with base_weights(model):
+            base = model(**inputs).logits
+        kl = float(forward_kl(model(**inputs).logits, base, inputs["attention_mask"]))
+    assert kl < 0.05 and metrics["kl_to_base"] < 0.05
+    assert metrics["separation_loss"] < 0.5 * float(separation_loss(
+        {layer: torch.tensor(reference.distances[layer]) for layer in layers}, reference.distances,
+        reference.scales, 3.0))
