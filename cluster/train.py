@@ -19,6 +19,10 @@ reported so far. A new `TorchTrainer` with the same `RunConfig(storage_path, nam
 group is restarted within one run (`max_failures`). There is no `Trainer.restore` in V2. Because a fresh run
 with an old name would silently resume, `run_training(resume=False)` refuses a name that has a snapshot.
 
+Two Train V2 defaults are changed here, both so that a run can never hang or be killed by its own helper:
+`FailureConfig.controller_failure_limit` (default -1: retry a worker group that cannot start forever) follows
+`max_failures`, and the detached PlacementGroupCleaner is left out (see `_Trainer`).
+
 `ray.train` is only imported in this module and in the loop's process, never in `safelatent/`.
 """
 
@@ -178,8 +182,8 @@ def run_training(loop: Callable[[dict], Any], loop_config: dict, *, name: str, s
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
-        raise SafelatentError(f"training run {name!r} ({run_path}) failed after {settings.max_failures} "
-                              f"restart(s): {failure_message(error)}") from None
+        raise SafelatentError(f"training run {name!r} ({run_path}) failed (train.max_failures="
+                              f"{settings.max_failures}): {failure_message(error)}") from None
     checkpoint = _local_checkpoint(result.checkpoint, local_dir, name)
     return TrainOutcome(metrics=dict(result.metrics or {}), checkpoint=checkpoint, run_path=run_path,
                         return_value=result.return_value, resumed=resumed)

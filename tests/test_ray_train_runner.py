@@ -201,7 +201,8 @@ def test_settings_refuse_bad_values_with_a_reason(raw, problem):
 
 def test_the_trainer_leaves_out_only_the_placement_group_cleaner(ray_cluster):
     trainer = train._Trainer(fit_line, scaling_config=ray.train.ScalingConfig(num_workers=1))
-    ray_default = [type(callback).__name__ for callback in ray.train.torch.TorchTrainer._create_default_callbacks(trainer)]
+    defaults = ray.train.torch.TorchTrainer._create_default_callbacks(trainer)
+    ray_default = [type(callback).__name__ for callback in defaults]
     ours = [type(callback).__name__ for callback in trainer._create_default_callbacks()]
     assert "PlacementGroupCleanerCallback" in ray_default  # the name the filter looks for is still Ray's
     assert ours == [name for name in ray_default if name != "PlacementGroupCleanerCallback"]
