@@ -116,14 +116,16 @@ def test_es2_raises_the_class_distance_while_the_kl_on_harmless_inputs_stays_sma
     model.eval()
     states = last_prompt_states(model, tokenizer, HARMFUL + HARMLESS, layers, grad=False)
     for layer in layers:
-        distance = float(class_distance(states[layer][:4], states[layer][4:]))
-        assert distance > 2.0 * reference.distances[layer], (layer, distance, reference.distances[layer])
+        # Relative mode (the default): the distance grows in units of the states' own size, not by inflating them.
+        relative = float(class_distance(states[layer][:4], states[layer][4:]) / states[layer].pow(2).sum(-1).mean()
+                         .sqrt())
+        base = reference.distances[layer] / reference.scales[layer]
+        assert relative > 2.0 * base, (layer, relative, base)
     inputs = harmless_text_inputs(model, tokenizer, HARMLESS, REPLIES)
     with torch.no_grad():
         with base_weights(model):
             base = model(**inputs).logits
         kl = float(forward_kl(model(**inputs).logits, base, inputs["attention_mask"]))
     assert kl < 0.05 and metrics["kl_to_base"] < 0.05
-    assert metrics["separation_loss"] < 0.5 * float(separation_loss(
-        {layer: torch.tensor(reference.distances[layer]) for layer in layers}, reference.distances,
-        reference.scales, 3.0))
+    assert metrics["separation_loss"] < 0.5 * 2.0 * 1.0  # it started at mean relu(3·base − base) = 2·base ≤ 2
+

@@ -8,7 +8,13 @@ On the chosen layers L, with h_ℓ(x) the state at the last prompt position (whe
     loss   = L_sep + β·L_KL
 
 d_ℓ⁰ and s_ℓ (the RMS state norm) are measured once on the base model (`separation_reference`), so the margin m
-says "m times as far apart as the base had them" and the loss is in units of the layer's state size. The
+says "m times as far apart as the base had them" and the loss is in units of the layer's state size.
+
+`relative=True` (the default) measures the distance in units of the current states' RMS norm r_ℓ instead:
+L_sep = mean_ℓ relu(m·d_ℓ⁰/s_ℓ − d_ℓ/r_ℓ). Without it the model can meet the margin by inflating every state
+(the normalisation layers make that nearly free for the outputs, so the KL anchor does not stop it): on the
+micro-world RLAIF-PPO model, 60 absolute steps grew the class distance 4.3× but the state norm 2.7×, and an
+attacker whose budget scales with the states broke the result as easily as the start (docs/es2.md). The
 model trains with LoRA; switching the adapters off gives the base for the KL anchor, so no second copy of
 the weights is needed. A separated model is harder to push across into "harmless" with a small perturbation
 of its states: `evaluation.embedding_attack` measures exactly that.
@@ -116,10 +122,10 @@ class ES2Trainer:
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, reference: SeparationReference,
                  optimizer: torch.optim.Optimizer, *, margin: float = 2.5, beta: float = 1.0,
-                 trained: nn.Module | None = None, max_grad_norm: float = 1.0):
+                 trained: nn.Module | None = None, max_grad_norm: float = 1.0, relative: bool = True):
         self.model, self.tokenizer, self.reference = model, tokenizer, reference
         self.optimizer = optimizer
-        self.margin, self.beta, self.max_grad_norm = margin, beta, max_grad_norm
+        self.margin, self.beta, self.max_grad_norm, self.relative = margin, beta, max_grad_norm, relative
         self.trained = trained if trained is not None else model
 
     def step(self, harmful: Sequence[str], harmless: Sequence[str], anchor_prompts: Sequence[str],
@@ -134,7 +140,14 @@ class ES2Trainer:
                                         list(self.reference.layers), forward=self.trained)
             split = len(harmful)
             distances = {layer: class_distance(value[:split], value[split:]) for layer, value in states.items()}
-            separation = separation_loss(distances, self.reference.distances, self.reference.scales, self.margin)
+            if self.relative:
+                distances = {layer: distance / states[layer].pow(2).sum(-1).mean().sqrt()
+                             for layer, distance in distances.items()}
+                base = {layer: self.reference.distances[layer] / self.reference.scales[layer] for layer in distances}
+                separation = separation_loss(distances, base, dict.fromkeys(distances, 1.0), self.margin)
+            else:
+                base = self.reference.distances
+                separation = separation_loss(distances, base, self.reference.scales, self.margin)
             separation.backward()
         inputs = harmless_text_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
         with torch.no_grad(), base_weights(self.model):
@@ -149,7 +162,7 @@ class ES2Trainer:
         metrics = {"loss": float(loss.detach()), "separation_loss": float(separation.detach()),
                    "kl_to_base": float(anchor.detach()), "grad_norm": float(grad_norm)}
         for layer, distance in distances.items():
-            metrics[f"separation/layer{layer}"] = float(distance.detach()) / self.reference.distances[layer]
+            metrics[f"separation/layer{layer}"] = float(distance.detach()) / base[layer]
         return metrics
 
 
