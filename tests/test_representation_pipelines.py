@@ -107,7 +107,7 @@ def test_es2_on_two_ray_train_workers_resumes_and_reports_the_embedding_attack(r
 
 
 def test_bad_inputs_fail_before_anything_starts(tiny_llama_dir, tiny_world, tmp_path):
-    with pytest.raises(ConfigError, match="does not exist. Train it first"):
+    with pytest.raises(ConfigError, match=r"does not exist\. Train it first"):
         run_es2(es2_config(tmp_path / "no-such-model", tiny_world, tmp_path))
     with pytest.raises(ConfigError, match=r"separation.layers: \[7\] is out of range"):
         run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "separation.layers=[7]"))
