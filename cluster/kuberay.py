@@ -112,6 +112,11 @@ PIPELINES = (
     Pipeline("rlaif-ppo", ("train", "rlaif-ppo"), "pipelines/configs/rlaif_ppo.yaml", 6 * 3600),
     Pipeline("sls-rlaif", ("train", "sls-rlaif"), "pipelines/configs/sls_rlaif.yaml", 8 * 3600),
     Pipeline("tune-sls", ("tune",), "pipelines/configs/tune_sls.yaml", 24 * 3600, training=False),
+    # These build their micro-world base models themselves; ES2 needs a starting model the cluster can reach
+    # (`safelatent submit es2 model=s3://...`), so it has no standing RayJob.
+    Pipeline("safesteer", ("train", "safesteer"), "pipelines/configs/safesteer.yaml", 6 * 3600, training=False),
+    Pipeline("direction-transfer", ("train", "direction-transfer"), "pipelines/configs/direction_transfer.yaml",
+             4 * 3600, extra=(), training=False),
 )
 
 
