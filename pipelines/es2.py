@@ -59,6 +59,9 @@ class SeparationSettings(Config):
                                                        "null: 25% to 75% of the depth.")
     margin: float = Field(2.5, gt=0, description="m: no reward once d_ℓ ≥ m·d_ℓ⁰.")
     beta: float = Field(1.0, ge=0, description="Weight of the KL to the base on harmless exchanges.")
+    decision_beta: float = Field(1.0, ge=0, description="Weight of the KL to the starting model of the first reply "
+                                                         "token on the separated prompts (harmful ones included), "
+                                                         "which keeps the refusal the separation would unlearn.")
     relative: bool = Field(True, description="Measure d_ℓ in units of the current states' RMS norm, so inflating "
                                              "the states does not count as separation.")
     split: Split = "train"
@@ -213,6 +216,7 @@ def train_loop(loop_config: dict) -> None:
                                          loop_config["harmless"][:count], loop_config["layers"])
     trainer = ES2Trainer(student.model, student.tokenizer, reference, student.optimizer, margin=settings.margin,
                          beta=settings.beta, trained=student.trained, relative=settings.relative,
+                         decision_beta=settings.decision_beta,
                          max_grad_norm=student_settings.max_grad_norm)
     log = StepLog(loop_config)
     seed = loop_config["seed"]

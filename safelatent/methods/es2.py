@@ -5,7 +5,8 @@ On the chosen layers L, with h_ℓ(x) the state at the last prompt position (whe
     d_ℓ    = ‖mean_{x∈H} h_ℓ(x) − mean_{x∈B} h_ℓ(x)‖                 class-mean distance, per batch
     L_sep  = mean_ℓ relu(m·d_ℓ⁰ − d_ℓ) / s_ℓ                           bounded: no reward beyond m times the base
     L_KL   = mean_t KL(p_base(·|x_<t) ‖ p_θ(·|x_<t))                    over the tokens of harmless texts
-    loss   = L_sep + β·L_KL
+    L_dec  = mean_x KL(p_base(·|x) ‖ p_θ(·|x)) of the first reply token    over the same harmful and harmless prompts
+    loss   = L_sep + γ·L_dec + β·L_KL
 
 d_ℓ⁰ and s_ℓ (the RMS state norm) are measured once on the base model (`separation_reference`), so the margin m
 says "m times as far apart as the base had them" and the loss is in units of the layer's state size.
@@ -14,7 +15,11 @@ says "m times as far apart as the base had them" and the loss is in units of the
 L_sep = mean_ℓ relu(m·d_ℓ⁰/s_ℓ − d_ℓ/r_ℓ). Without it the model can meet the margin by inflating every state
 (the normalisation layers make that nearly free for the outputs, so the KL anchor does not stop it): on the
 micro-world RLAIF-PPO model, 60 absolute steps grew the class distance 4.3× but the state norm 2.7×, and an
-attacker whose budget scales with the states broke the result as easily as the start (docs/es2.md). The
+attacker whose budget scales with the states broke the result as easily as the start (docs/es2.md).
+
+L_dec (weight γ, `decision_beta`) is ours: the KL anchor of DESIGN 6.4 covers harmless inputs only, and moving
+the harmful states where the starting model's refusal does not read them unlearns the refusal. On the
+RLAIF-PPO model, 60 relative steps without it left 0 of 100 harmful test prompts refused (from 75). The
 model trains with LoRA; switching the adapters off gives the base for the KL anchor, so no second copy of
 the weights is needed. A separated model is harder to push across into "harmless" with a small perturbation
 of its states: `evaluation.embedding_attack` measures exactly that.
@@ -63,10 +68,17 @@ def last_prompt_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pro
                        layers: Sequence[int], forward: nn.Module | None = None,
                        grad: bool = True) -> dict[int, torch.Tensor]:
     """h_ℓ at the last prompt position for each layer, [n, d]; through `forward` (e.g. a DDP wrapper) if given."""
-    encoded = encode_prompts(model, tokenizer, prompts)
+    return _prompt_forward(model, tokenizer, prompts, layers, forward, grad)[0]
+
+
+def _prompt_forward(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                    layers: Sequence[int], forward: nn.Module | None = None, grad: bool = True,
+                    encoded: dict | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """(h_ℓ at the last prompt position per layer [n, d], the first reply token's logits [n, V])."""
+    encoded = encoded if encoded is not None else encode_prompts(model, tokenizer, prompts)
     with torch.set_grad_enabled(grad), HiddenStateRecorder(model, layers, detach=not grad) as recorder:
-        (forward or model)(**encoded, use_cache=False, logits_to_keep=1)
-    return {layer: states[-1][:, -1].float() for layer, states in recorder.states.items()}
+        logits = (forward or model)(**encoded, use_cache=False, logits_to_keep=1).logits[:, -1]
+    return {layer: states[-1][:, -1].float() for layer, states in recorder.states.items()}, logits
 
 
 @dataclass(frozen=True)
@@ -122,10 +134,12 @@ class ES2Trainer:
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, reference: SeparationReference,
                  optimizer: torch.optim.Optimizer, *, margin: float = 2.5, beta: float = 1.0,
-                 trained: nn.Module | None = None, max_grad_norm: float = 1.0, relative: bool = True):
+                 trained: nn.Module | None = None, max_grad_norm: float = 1.0, relative: bool = True,
+                 decision_beta: float = 1.0):
         self.model, self.tokenizer, self.reference = model, tokenizer, reference
         self.optimizer = optimizer
         self.margin, self.beta, self.max_grad_norm, self.relative = margin, beta, max_grad_norm, relative
+        self.decision_beta = decision_beta
         self.trained = trained if trained is not None else model
 
     def step(self, harmful: Sequence[str], harmless: Sequence[str], anchor_prompts: Sequence[str],
@@ -136,8 +150,14 @@ class ES2Trainer:
         # locally (no_sync) and the second all-reduces the sum, as in gradient accumulation.
         accumulate = self.trained.no_sync() if hasattr(self.trained, "no_sync") else nullcontext()
         with accumulate:
-            states = last_prompt_states(self.model, self.tokenizer, list(harmful) + list(harmless),
-                                        list(self.reference.layers), forward=self.trained)
+            prompts = list(harmful) + list(harmless)
+            encoded = encode_prompts(self.model, self.tokenizer, prompts)
+            states, first_logits = _prompt_forward(self.model, self.tokenizer, prompts, list(self.reference.layers),
+                                                   forward=self.trained, encoded=encoded)
+            with torch.no_grad(), base_weights(self.model):
+                base_first = self.model(**encoded, use_cache=False, logits_to_keep=1).logits[:, -1]
+            every_prompt = torch.ones(len(prompts), 1, device=first_logits.device)
+            decision = forward_kl(first_logits[:, None], base_first[:, None], every_prompt)
             split = len(harmful)
             distances = {layer: class_distance(value[:split], value[split:]) for layer, value in states.items()}
             if self.relative:
@@ -148,19 +168,20 @@ class ES2Trainer:
             else:
                 base = self.reference.distances
                 separation = separation_loss(distances, base, self.reference.scales, self.margin)
-            separation.backward()
+            (separation + self.decision_beta * decision).backward()
         inputs = harmless_text_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
         with torch.no_grad(), base_weights(self.model):
             base_logits = self.model(**inputs, use_cache=False).logits
         logits = self.trained(**inputs, use_cache=False).logits
         anchor = forward_kl(logits, base_logits, inputs["attention_mask"].float())
         (self.beta * anchor).backward()
-        loss = separation.detach() + self.beta * anchor.detach()
+        loss = separation.detach() + self.decision_beta * decision.detach() + self.beta * anchor.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                                    self.max_grad_norm)
         self.optimizer.step()
         metrics = {"loss": float(loss.detach()), "separation_loss": float(separation.detach()),
-                   "kl_to_base": float(anchor.detach()), "grad_norm": float(grad_norm)}
+                   "kl_to_base": float(anchor.detach()), "first_token_kl": float(decision.detach()),
+                   "grad_norm": float(grad_norm)}
         for layer, distance in distances.items():
             metrics[f"separation/layer{layer}"] = float(distance.detach()) / base[layer]
         return metrics
