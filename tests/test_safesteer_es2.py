@@ -126,6 +126,6 @@ def test_es2_raises_the_class_distance_while_the_kl_on_harmless_inputs_stays_sma
         with base_weights(model):
             base = model(**inputs).logits
         kl = float(forward_kl(model(**inputs).logits, base, inputs["attention_mask"]))
-    assert kl < 0.05 and metrics["kl_to_base"] < 0.05
+    assert kl < 0.05 and metrics["kl_to_base"] < 0.05 and metrics["first_token_kl"] < 0.05
     assert metrics["separation_loss"] < 0.5 * 2.0 * 1.0  # it started at mean relu(3·base − base) = 2·base ≤ 2
 
