@@ -236,7 +236,6 @@ class Student:
     trained: torch.nn.Module
     optimizer: torch.optim.Optimizer
     start_step: int
-    extra: dict[str, Any]
 
 
 def build_student(loop_config: dict) -> Student:
@@ -256,25 +255,26 @@ def build_student(loop_config: dict) -> Student:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=student.learning_rate,
                                   weight_decay=student.weight_decay)
     state = restore(lambda directory: torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False))
-    start_step, extra = 0, {}
+    start_step = 0
     if state is not None:
         load_trainable_state(model, state["weights"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step, extra = state["step"] + 1, state.get("extra", {})
+        start_step = state["step"] + 1
     trained: torch.nn.Module = model
     if world_size() > 1:
         device_ids = [where.index] if where.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return Student(model=model, tokenizer=loaded.tokenizer, trained=trained, optimizer=optimizer,
-                   start_step=start_step, extra=extra)
+                   start_step=start_step)
 
 
-def saver(student: Student, step: int, extra: dict[str, Any] | None = None) -> Callable[[Path], None]:
+def saver(student: Student, step: int) -> Callable[[Path], None]:
+    """What rank 0 writes into a checkpoint: the adapters, the optimiser and the step."""
     from safelatent.models.policy import trainable_state
 
     def save(directory: Path) -> None:
         torch.save({"weights": trainable_state(student.model), "optimizer": student.optimizer.state_dict(),
-                    "step": step, "extra": dict(extra or {})}, directory / STATE_FILE)
+                    "step": step}, directory / STATE_FILE)
 
     return save
 

@@ -14,8 +14,8 @@ says "m times as far apart as the base had them" and the loss is in units of the
 `relative=True` (the default) measures the distance in units of the current states' RMS norm r_ℓ instead:
 L_sep = mean_ℓ relu(m·d_ℓ⁰/s_ℓ − d_ℓ/r_ℓ). Without it the model can meet the margin by inflating every state
 (the normalisation layers make that nearly free for the outputs, so the KL anchor does not stop it): on the
-micro-world RLAIF-PPO model, 60 absolute steps grew the class distance 4.3× but the state norm 2.7×, and an
-attacker whose budget scales with the states broke the result as easily as the start (docs/es2.md).
+micro-world RLAIF-PPO model, 60 absolute steps grew the class distance 4.5× but the state norm 2.7×
+(docs/es2.md).
 
 L_dec (weight γ, `decision_beta`) is ours: the KL anchor of DESIGN 6.4 covers harmless inputs only, and moving
 the harmful states where the starting model's refusal does not read them unlearns the refusal. On the
