@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
@@ -53,15 +53,19 @@ REPORT_FILE = "safesteer.json"
 
 
 class DirectionSettings(Config):
-    """How the refusal direction is estimated and chosen."""
+    """How the refusal direction is estimated and chosen. Its harmful prompts are the student's own `harmful.count`
+    training prompts, split in two: the first `harmful` for the class means, the rest for choosing; so the whole
+    method reads no other harmful data."""
 
     split: Split = "train"
-    harmful: int = Field(128, ge=2, description="Harmful prompts for the class means.")
-    harmless: int = Field(128, ge=2, description="Benign prompts for the class means.")
+    harmful: int = Field(64, ge=2, description="Of the harmful training prompts, how many estimate the means; the "
+                                               "others choose the candidate.")
+    harmless: int = Field(128, ge=2, description="Benign prompts (of `split`) for the class means.")
     positions: list[int] = Field([-1, -2], min_length=1, description="Last prompt positions to try (negative).")
     layers: list[int] | None = Field(None, description="Layers to try; null: all.")
     selection_split: Split = "validation"
-    selection_prompts: int = Field(64, ge=1, description="Held-out harmful and harmless prompts for choosing.")
+    selection_prompts: int = Field(64, ge=1, description="Harmless (benign and borderline) prompts of "
+                                                         "selection_split for the KL filter.")
     scales: list[float] = Field([0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="Strengths α to try.")
     where: Literal["all", "prompt_end"] = Field("prompt_end", description="Add α·r at every position, or only at "
                                                                           "the last prompt position.")
@@ -104,6 +108,13 @@ class SafeSteerConfig(LoraPipelineConfig):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     tracking: TrackingSettings = Field(default_factory=lambda: TrackingSettings(registered_model="safesteer"))
     out_root: str = Field("runs/safesteer", description="The run writes to <out_root>/<name>/.")
+
+    @model_validator(mode="after")
+    def _harmful_prompts_suffice(self) -> "SafeSteerConfig":
+        if self.direction.harmful >= self.harmful.count:
+            raise ValueError(f"direction.harmful ({self.direction.harmful}) must be below harmful.count "
+                             f"({self.harmful.count}): the remaining harmful prompts choose the direction")
+        return self
 
 
 def run(config: SafeSteerConfig, resume: bool = False, console: Console | None = None) -> LoraRunResult:
@@ -169,11 +180,14 @@ def prompt_sets(config: SafeSteerConfig, rows: dict[str, list[dict]]) -> dict[st
 
     direction, voting = config.direction, config.voting
     train_harmful = prompts(config.harmful.split, ["harmful"], config.harmful.count, 0)
+    if len(train_harmful) <= direction.harmful:
+        raise ValueError(f"the {config.harmful.split} split has {len(train_harmful)} harmful rows; the direction "
+                         f"needs more than direction.harmful={direction.harmful}")
     return {
         "train_harmful": train_harmful,
-        "direction_harmful": prompts(direction.split, ["harmful"], direction.harmful, 1),
+        "direction_harmful": train_harmful[:direction.harmful],
         "direction_harmless": prompts(direction.split, ["benign"], direction.harmless, 2),
-        "selection_harmful": prompts(direction.selection_split, ["harmful"], direction.selection_prompts, 3),
+        "selection_harmful": train_harmful[direction.harmful:],
         "selection_harmless": prompts(direction.selection_split, ["benign", "borderline"],
                                       direction.selection_prompts, 4),
         "voting": (train_harmful[:voting.prompts] if voting.prompts_from == "harmful"
