@@ -111,7 +111,7 @@ def test_bad_inputs_fail_before_anything_starts(tiny_llama_dir, tiny_world, tmp_
         run_es2(es2_config(tmp_path / "no-such-model", tiny_world, tmp_path))
     with pytest.raises(ConfigError, match=r"separation.layers: \[7\] is out of range"):
         run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "separation.layers=[7]"))
-    with pytest.raises(ValueError, match="budgets must be >= 0 and include 0"):
+    with pytest.raises(ConfigError, match="budgets must be >= 0 and include 0"):
         es2_config(tiny_llama_dir, tiny_world, tmp_path, "attack.budgets=[0.5, 1]")
     from safelatent.cli import app
 
