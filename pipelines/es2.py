@@ -15,8 +15,6 @@ ES2 hardens a model that already refuses: the default starting model is the RLAI
 safelatent.evaluation.embedding_attack.
 """
 
-import json
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -30,21 +28,20 @@ from pipelines.lora_training import (
     LoraRunResult,
     Split,
     StepLog,
+    base_report,
+    begin,
     build_student,
-    check_resume,
     checkpoint_due,
-    evaluate,
+    comparison_table,
+    conclude,
+    evaluate_both,
     export_student,
-    finish_tracking,
-    headline,
-    microworld_rows,
     rank_slice,
-    resolve_model,
     saver,
-    start_tracking,
     train_on_ray,
+    worker_config,
 )
-from safelatent.config import Config, config_hash, dump_config
+from safelatent.config import Config
 from safelatent.errors import ConfigError
 from safelatent.methods.direction_transfer import sample_rows
 from safelatent.tracking import TrackingSettings
@@ -115,48 +112,27 @@ def run(config: ES2Config, resume: bool = False, console: Console | None = None)
     from cluster.connect import connected
 
     console = console or Console(stderr=True)
-    started = time.perf_counter()
-    model = resolve_model(config, console)
-    layers = check_layers(config, model)
-    check_resume(config, resume)
-    out = config.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    world_dir, rows = microworld_rows(config, out, console)
-    data = training_data(config, rows)
-    dump_config(config, out / "config.yaml")
-    tracker = start_tracking(config, config.pipeline, model, resume, out)
+    setup, layers = begin(config, resume, console, check=lambda model: check_layers(config, model))
+    data = training_data(config, setup.rows)
     try:
         with connected(config.address):
-            outcome = train_on_ray(config, train_loop, {
-                "model": model, "seed": config.seed, "name": config.name, "student": config.student.model_dump(),
-                "separation": config.separation.model_dump(), "layers": layers, **data,
-                "tracking": config.tracking.for_another_process().model_dump(), "mlflow_run_id": tracker.run_id},
-                resume, console)
-        model_dir = export_student(model, config.student, outcome.checkpoint, out / "model")
+            outcome = train_on_ray(config, train_loop, worker_config(
+                config, setup, separation=config.separation.model_dump(), layers=layers, **data), resume, console)
+        model_dir = export_student(setup.model, config.student, outcome.checkpoint, setup.out / "model")
         attacks = {}
         if config.attack.enabled:
             with console.status("attacking the starting and the trained model in embedding space"):
-                attacks = {role: attack(path, config, layers, world_dir)
-                           for role, path in (("start", model), ("trained", str(model_dir)))}
-        evaluations = {}
-        if config.evaluation.enabled:
-            with console.status(f"evaluating the starting and the trained model on {config.evaluation.split}"):
-                evaluations = {"start": evaluate(model, world_dir, config.evaluation, out / "eval" / "start"),
-                               "trained": evaluate(str(model_dir), world_dir, config.evaluation,
-                                                   out / "eval" / "trained")}
-        report = build_report(config, model, layers, outcome, attacks, evaluations, time.perf_counter() - started)
-        (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        result = LoraRunResult(out_dir=out, model_dir=model_dir, report=report)
-        metrics = {key: value for role, results in evaluations.items()
-                   for key, value in headline(results, "eval" if role == "trained" else "start").items()}
-        for role, found in attacks.items():
-            metrics.update({f"{role}/{key}": value for key, value in found.to_metrics().items()})
+                attacks = {role: attack(path, config, layers, setup.world_dir)
+                           for role, path in (("start", setup.model), ("trained", str(model_dir)))}
+        report = build_report(config, setup, layers, outcome, attacks,
+                              evaluate_both(config, setup, model_dir, console))
+        metrics = {f"{role}/{key}": value for role, found in attacks.items()
+                   for key, value in found.to_metrics().items()}
         if isinstance(report.get("defense_gain_at_start_breaking_budget"), float):
             metrics["defense_gain_at_start_breaking_budget"] = report["defense_gain_at_start_breaking_budget"]
-        finish_tracking(tracker, config, result, metrics, [out / REPORT_FILE, out / "config.yaml"],
-                        f"{config.pipeline} run {config.name}")
+        result = conclude(config, setup, model_dir, report, REPORT_FILE, metrics)
     except BaseException:
-        tracker.finish("FAILED")
+        setup.tracker.finish("FAILED")
         raise
     console.print(summary_table(result))
     return result
@@ -248,16 +224,11 @@ def attack(model_path: str, config: ES2Config, layers: list[int], world_dir: Pat
                          max_new_tokens=settings.max_new_tokens, threshold=settings.threshold)
 
 
-def build_report(config: ES2Config, model: str, layers: list[int], outcome, attacks: dict[str, Any],
-                 evaluations: dict[str, Any], seconds: float) -> dict[str, Any]:
+def build_report(config: ES2Config, setup, layers: list[int], outcome, attacks: dict[str, Any],
+                 evaluations: dict[str, Any]) -> dict[str, Any]:
     from safelatent.evaluation.embedding_attack import defense_at
-    from safelatent.evaluation.harness import git_commit
 
-    report: dict[str, Any] = {
-        "pipeline": config.pipeline, "name": config.name, "config_hash": config_hash(config), "commit": git_commit(),
-        "starting_model": model, "layers": layers, "final_step_metrics": outcome.metrics, "resumed": outcome.resumed,
-        "training_run": outcome.run_path, "seconds": seconds,
-    }
+    report: dict[str, Any] = {**base_report(config, setup, outcome, evaluations), "layers": layers}
     for role, found in attacks.items():
         report[f"attack_{role}"] = found.to_json()
     if attacks:
@@ -267,21 +238,12 @@ def build_report(config: ES2Config, model: str, layers: list[int], outcome, atta
             gained = defense_at(attacks["trained"], budget).defense_success - defense_at(
                 attacks["start"], budget).defense_success
             report["defense_gain_at_start_breaking_budget"] = float(gained)
-    for role, results in evaluations.items():
-        report[f"evaluation_{role}"] = dict(results["metrics"])
     return report
 
 
 def summary_table(result: LoraRunResult) -> Table:
     report = result.report
-    table = Table(title=f"es2 run {report['name']!r} from {report['starting_model']}")
-    table.add_column("metric")
-    table.add_column("starting model", justify="right")
-    table.add_column("ES2", justify="right")
-    start, trained = report.get("evaluation_start", {}), report.get("evaluation_trained", {})
-    for name in ("harmlessness", "over_refusal", "task_accuracy"):
-        if name in trained:
-            table.add_row(name, f"{start[name]['value']:.1%}", f"{trained[name]['value']:.1%}")
+    table = comparison_table(result, "ES2")
     if "attack_start" in report:
         budget = report.get("start_breaking_budget")
         table.add_row("breaking budget ε", _shown(budget), _shown(report["attack_trained"].get("breaking_budget")))

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 from rich.console import Console
+from rich.table import Table
 
 from cluster.train import TrainSettings
 from safelatent.config import Config, config_hash
@@ -61,6 +62,8 @@ class EvaluationSettings(Config):
 class LoraPipelineConfig(Config):
     """Fields every representation-level pipeline has."""
 
+    pipeline: ClassVar[str] = "lora"
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: output folder, Ray Train "
                                                                            "run and MLflow run name.")
     seed: int = Field(0, ge=0)
@@ -98,6 +101,96 @@ class LoraRunResult:
     report: dict[str, Any] = field(default_factory=dict)
     tracking_run: str | None = None
     registered: str | None = None
+
+
+@dataclass
+class RunSetup:
+    """What the driver has once the inputs are checked: the starting model, the run folder, the micro-world and
+    the MLflow run (a failure after this point must mark it FAILED)."""
+
+    model: str
+    out: Path
+    world_dir: Path
+    rows: dict[str, list[dict]]
+    tracker: Any
+    started: float
+
+
+def begin(config: "LoraPipelineConfig", resume: bool, console: Console,
+          check: Callable[[str], Any] | None = None) -> tuple[RunSetup, Any]:
+    """Check everything that can fail early (the model, `check(model)`, the run name), then prepare the run folder,
+    the micro-world and the MLflow run. Returns the setup and what `check` returned."""
+    from safelatent.config import dump_config
+
+    started = time.perf_counter()
+    model = resolve_model(config, console)
+    checked = check(model) if check is not None else None
+    check_resume(config, resume)
+    out = config.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    world_dir, rows = microworld_rows(config, out, console)
+    dump_config(config, out / "config.yaml")
+    tracker = start_tracking(config, config.pipeline, model, resume, out)
+    return RunSetup(model, out, world_dir, rows, tracker, started), checked
+
+
+def worker_config(config: "LoraPipelineConfig", setup: RunSetup, **method: Any) -> dict[str, Any]:
+    """The loop config every worker gets: the shared keys plus the method's own."""
+    return {"model": setup.model, "seed": config.seed, "name": config.name, "student": config.student.model_dump(),
+            "tracking": config.tracking.for_another_process().model_dump(), "mlflow_run_id": setup.tracker.run_id,
+            **method}
+
+
+def evaluate_both(config: "LoraPipelineConfig", setup: RunSetup, model_dir: Path,
+                  console: Console) -> dict[str, Any]:
+    """`safelatent eval` of the starting and the trained model on the configured split ({} when disabled)."""
+    if not config.evaluation.enabled:
+        return {}
+    with console.status(f"evaluating the starting and the trained model on {config.evaluation.split}"):
+        return {"start": evaluate(setup.model, setup.world_dir, config.evaluation, setup.out / "eval" / "start"),
+                "trained": evaluate(str(model_dir), setup.world_dir, config.evaluation,
+                                    setup.out / "eval" / "trained")}
+
+
+def base_report(config: "LoraPipelineConfig", setup: RunSetup, outcome, evaluations: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The report fields every representation-level pipeline shares."""
+    from safelatent.evaluation.harness import git_commit
+
+    report: dict[str, Any] = {
+        "pipeline": config.pipeline, "name": config.name, "config_hash": config_hash(config), "commit": git_commit(),
+        "starting_model": setup.model, "final_step_metrics": outcome.metrics, "resumed": outcome.resumed,
+        "training_run": outcome.run_path, "seconds": time.perf_counter() - setup.started,
+    }
+    for role, results in evaluations.items():
+        report[f"evaluation_{role}"] = dict(results["metrics"])
+    return report
+
+
+def conclude(config: "LoraPipelineConfig", setup: RunSetup, model_dir: Path, report: dict[str, Any],
+             report_file: str, metrics: dict[str, float]) -> LoraRunResult:
+    """Write the report, log the evaluations and `metrics` with the model, register it, finish the MLflow run."""
+    (setup.out / report_file).write_text(json.dumps(report, indent=2) + "\n")
+    result = LoraRunResult(out_dir=setup.out, model_dir=model_dir, report=report)
+    logged = {f"{'eval' if role == 'trained' else 'start'}/{name}": metric["value"]
+              for role in ("start", "trained") for name, metric in report.get(f"evaluation_{role}", {}).items()}
+    finish_tracking(setup.tracker, config, result, {**logged, **metrics},
+                    [setup.out / report_file, setup.out / "config.yaml"], f"{config.pipeline} run {config.name}")
+    return result
+
+
+def comparison_table(result: LoraRunResult, method: str) -> Table:
+    """The starting model beside the trained one on the headline metrics."""
+    report = result.report
+    table = Table(title=f"{report['pipeline']} run {report['name']!r} from {report['starting_model']}")
+    table.add_column("metric")
+    table.add_column("starting model", justify="right")
+    table.add_column(method, justify="right")
+    start, trained = report.get("evaluation_start", {}), report.get("evaluation_trained", {})
+    for name in ("harmlessness", "over_refusal", "task_accuracy"):
+        if name in trained:
+            table.add_row(name, f"{start[name]['value']:.1%}", f"{trained[name]['value']:.1%}")
+    return table
 
 
 # -- driver ---------------------------------------------------------------------------------------------------------
@@ -218,11 +311,6 @@ def finish_tracking(tracker, config: LoraPipelineConfig, result: LoraRunResult, 
     finally:
         tracker.finish(status)
     result.tracking_run = tracker.url()
-
-
-def headline(results: dict[str, Any], prefix: str) -> dict[str, float]:
-    """The evaluation's metric values, as MLflow metrics `<prefix>/<name>`."""
-    return {f"{prefix}/{name}": metric["value"] for name, metric in results["metrics"].items()}
 
 
 # -- worker ---------------------------------------------------------------------------------------------------------

@@ -14,14 +14,12 @@ safelatent.methods.vocab_divergence.
 """
 
 import json
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 from rich.console import Console
-from rich.table import Table
 
 from pipelines.lora_training import (
     EvaluationSettings,
@@ -29,21 +27,20 @@ from pipelines.lora_training import (
     LoraRunResult,
     Split,
     StepLog,
+    base_report,
+    begin,
     build_student,
-    check_resume,
     checkpoint_due,
-    evaluate,
+    comparison_table,
+    conclude,
+    evaluate_both,
     export_student,
-    finish_tracking,
-    headline,
-    microworld_rows,
     rank_slice,
-    resolve_model,
     saver,
-    start_tracking,
     train_on_ray,
+    worker_config,
 )
-from safelatent.config import Config, config_hash, dump_config
+from safelatent.config import Config
 from safelatent.methods.direction_transfer import sample_rows
 from safelatent.methods.learner import step_seed
 from safelatent.tracking import TrackingSettings
@@ -123,50 +120,32 @@ def run(config: SafeSteerConfig, resume: bool = False, console: Console | None =
     from cluster.connect import connected
 
     console = console or Console(stderr=True)
-    started = time.perf_counter()
-    model = resolve_model(config, console)
-    check_resume(config, resume)
-    out = config.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    world_dir, rows = microworld_rows(config, out, console)
-    data = prompt_sets(config, rows)
-    dump_config(config, out / "config.yaml")
-    tracker = start_tracking(config, config.pipeline, model, resume, out)
+    setup, _ = begin(config, resume, console)
+    data = prompt_sets(config, setup.rows)
     try:
         with connected(config.address):
-            teacher = load_teacher(out) if resume and (out / TEACHER_FILE).is_file() else None
+            teacher = load_teacher(setup.out) if resume and (setup.out / TEACHER_FILE).is_file() else None
             if teacher is None:
                 with console.status("choosing the refusal direction and voting for the safety tokens (Ray task)"):
                     teacher = ray.get(ray.remote(prepare_teacher).options(num_cpus=1).remote(
-                        model, config.model_dump(mode="json"), data))
-                save_teacher(out, teacher)
+                        setup.model, config.model_dump(mode="json"), data))
+                save_teacher(setup.out, teacher)
             console.print(f"teacher: α = {teacher['scale']:g} · r at layer {teacher['layer']} (position "
                           f"{teacher['position']}, {teacher['where']}); safety tokens: "
                           f"{' '.join(teacher['tokens'][:20])}{' ...' if len(teacher['tokens']) > 20 else ''}",
                           highlight=False, markup=False)
-            outcome = train_on_ray(config, train_loop, {
-                "model": model, "seed": config.seed, "name": config.name, "student": config.student.model_dump(),
-                "harmful": config.harmful.model_dump(), "prompts": data["train_harmful"], "teacher": teacher,
-                "tracking": config.tracking.for_another_process().model_dump(), "mlflow_run_id": tracker.run_id},
+            outcome = train_on_ray(config, train_loop, worker_config(
+                config, setup, harmful=config.harmful.model_dump(), prompts=data["train_harmful"], teacher=teacher),
                 resume, console)
-        model_dir = export_student(model, config.student, outcome.checkpoint, out / "model")
-        evaluations = {}
-        if config.evaluation.enabled:
-            with console.status(f"evaluating the starting and the trained model on {config.evaluation.split}"):
-                evaluations = {"start": evaluate(model, world_dir, config.evaluation, out / "eval" / "start"),
-                               "trained": evaluate(str(model_dir), world_dir, config.evaluation,
-                                                   out / "eval" / "trained")}
-        report = build_report(config, model, teacher, outcome, evaluations, time.perf_counter() - started)
-        (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        result = LoraRunResult(out_dir=out, model_dir=model_dir, report=report)
-        metrics = {key: value for role, results in evaluations.items()
-                   for key, value in headline(results, "eval" if role == "trained" else "start").items()}
-        finish_tracking(tracker, config, result, metrics, [out / REPORT_FILE, out / "config.yaml"],
-                        f"{config.pipeline} run {config.name}")
+        model_dir = export_student(setup.model, config.student, outcome.checkpoint, setup.out / "model")
+        report = build_report(config, setup, teacher, outcome, evaluate_both(config, setup, model_dir, console))
+        result = conclude(config, setup, model_dir, report, REPORT_FILE, {})
     except BaseException:
-        tracker.finish("FAILED")
+        setup.tracker.finish("FAILED")
         raise
-    console.print(summary_table(result))
+    table = comparison_table(result, "SafeSteer")
+    table.caption = f"model: {result.model_dir}; report: {result.out_dir / REPORT_FILE}; mlflow: {result.tracking_run}"
+    console.print(table)
     return result
 
 
@@ -264,34 +243,10 @@ def train_loop(loop_config: dict) -> None:
                saver(student, step) if checkpoint_due(step, student_settings) else None)
 
 
-def build_report(config: SafeSteerConfig, model: str, teacher: dict[str, Any], outcome, evaluations: dict[str, Any],
-                 seconds: float) -> dict[str, Any]:
-    from safelatent.evaluation.harness import git_commit
-
-    report: dict[str, Any] = {
-        "pipeline": config.pipeline, "name": config.name, "config_hash": config_hash(config), "commit": git_commit(),
-        "starting_model": model, "harmful_training_prompts": config.harmful.count,
-        "teacher": {key: teacher[key] for key in ("layer", "position", "scale", "where", "selection")},
-        "safety_tokens": [{"id": token_id, "token": token, "votes": votes} for token_id, token, votes in
-                          zip(teacher["ids"], teacher["tokens"], teacher["votes"], strict=True)],
-        "candidates": teacher["candidates"], "final_step_metrics": outcome.metrics, "resumed": outcome.resumed,
-        "training_run": outcome.run_path, "seconds": seconds,
-    }
-    for role, results in evaluations.items():
-        report[f"evaluation_{role}"] = {name: metric for name, metric in results["metrics"].items()}
-    return report
-
-
-def summary_table(result: LoraRunResult) -> Table:
-    report = result.report
-    table = Table(title=f"safesteer run {report['name']!r} from {report['starting_model']}")
-    table.add_column("metric")
-    table.add_column("starting model", justify="right")
-    table.add_column("SafeSteer", justify="right")
-    start, trained = report.get("evaluation_start", {}), report.get("evaluation_trained", {})
-    for name in ("harmlessness", "over_refusal", "task_accuracy"):
-        if name in trained:
-            table.add_row(name, f"{start[name]['value']:.1%}", f"{trained[name]['value']:.1%}")
-    table.caption = (f"model: {result.model_dir}; report: {result.out_dir / REPORT_FILE}; mlflow: "
-                     f"{result.tracking_run}")
-    return table
+def build_report(config: SafeSteerConfig, setup, teacher: dict[str, Any], outcome,
+                 evaluations: dict[str, Any]) -> dict[str, Any]:
+    return {**base_report(config, setup, outcome, evaluations), "harmful_training_prompts": config.harmful.count,
+            "teacher": {key: teacher[key] for key in ("layer", "position", "scale", "where", "selection")},
+            "safety_tokens": [{"id": token_id, "token": token, "votes": votes} for token_id, token, votes in
+                              zip(teacher["ids"], teacher["tokens"], teacher["votes"], strict=True)],
+            "candidates": teacher["candidates"]}
