@@ -1,7 +1,8 @@
 """SafeSteer on Ray Train: distil a steered teacher into the model on a sparse set of safety tokens (DESIGN 6.5).
 
     1. teacher  ← a Ray task on the starting model: refusal-direction candidates (difference of means of harmful
-                  and harmless prompt states at the last prompt positions, every layer), the one that best
+                  and harmless prompt states, or of the harmful prompts the model refuses and those it answers,
+                  at the last prompt positions, every layer), the one that best
                   induces refusal on held-out harmful prompts within the KL filter, then the safety tokens S by
                   voting on the teacher's own continuations
     2. student  ← Ray Train (TorchTrainer, `train.workers` ranks, DDP): each step samples replies from the
@@ -55,9 +56,14 @@ class DirectionSettings(Config):
     method reads no other harmful data."""
 
     split: Split = "train"
+    contrast: Literal["harmful_vs_harmless", "refused_vs_answered"] = Field(
+        "harmful_vs_harmless",
+        description="The two sets whose mean states differ by r: harmful and benign prompts (DESIGN 6.5), or, for a "
+                    "partly aligned model, the harmful prompts it refuses and those it answers (no benign prompt).")
     harmful: int = Field(64, ge=2, description="Of the harmful training prompts, how many estimate the means; the "
                                                "others choose the candidate.")
-    harmless: int = Field(128, ge=2, description="Benign prompts (of `split`) for the class means.")
+    harmless: int = Field(128, ge=2, description="Benign prompts (of `split`) for the class means "
+                                                 "(harmful_vs_harmless).")
     positions: list[int] = Field([-1, -2], min_length=1, description="Last prompt positions to try (negative).")
     layers: list[int] | None = Field(None, description="Layers to try; null: all.")
     selection_split: Split = "validation"
@@ -176,7 +182,11 @@ def prompt_sets(config: SafeSteerConfig, rows: dict[str, list[dict]]) -> dict[st
 
 def prepare_teacher(model_path: str, config_json: dict, data: dict[str, list[str]]) -> dict[str, Any]:
     """The refusal direction and the safety tokens, computed where Ray places the task."""
-    from safelatent.methods.refusal_direction import candidate_directions, select_refusal_direction
+    from safelatent.methods.refusal_direction import (
+        candidate_directions,
+        select_refusal_direction,
+        split_by_refusal,
+    )
     from safelatent.methods.safesteer import vote_safety_tokens
     from safelatent.models.loading import load
 
@@ -185,8 +195,17 @@ def prepare_teacher(model_path: str, config_json: dict, data: dict[str, list[str
     torch.set_num_threads(max(config.student.threads, 1))
     loaded = load(model_path, dtype="float32")
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
-    candidates = candidate_directions(model, tokenizer, data["direction_harmful"], data["direction_harmless"],
-                                      positions=direction.positions, layers=direction.layers)
+    positive, negative = data["direction_harmful"], data["direction_harmless"]
+    if direction.contrast == "refused_vs_answered":
+        positive, negative = split_by_refusal(model, tokenizer, data["direction_harmful"],
+                                              refusal_prefixes=direction.refusal_prefixes)
+        if len(positive) < 2 or len(negative) < 2:
+            raise ValueError(f"direction.contrast=refused_vs_answered needs at least 2 harmful prompts the model "
+                             f"refuses and 2 it answers; of direction.harmful={direction.harmful} it refuses "
+                             f"{len(positive)} and answers {len(negative)}. Use contrast=harmful_vs_harmless for "
+                             "a model that refuses all or none of them")
+    candidates = candidate_directions(model, tokenizer, positive, negative, positions=direction.positions,
+                                      layers=direction.layers)
     refusal = select_refusal_direction(model, tokenizer, candidates, data["selection_harmful"],
                                        data["selection_harmless"], direction.scales, where=direction.where,
                                        max_kl=direction.max_kl, max_layer_fraction=direction.max_layer_fraction,
@@ -203,6 +222,7 @@ def prepare_teacher(model_path: str, config_json: dict, data: dict[str, list[str
     return {"direction": refusal.direction.tolist(), "layer": refusal.layer, "position": refusal.position,
             "scale": refusal.scale, "where": refusal.where, "ids": list(tokens.ids), "tokens": list(tokens.tokens),
             "votes": list(tokens.votes), "selection": refusal.summary(),
+            "contrast": {"kind": direction.contrast, "positive": len(positive), "negative": len(negative)},
             "candidates": [score.to_json() for score in refusal.scores]}
 
 
@@ -246,7 +266,8 @@ def train_loop(loop_config: dict) -> None:
 def build_report(config: SafeSteerConfig, setup, teacher: dict[str, Any], outcome,
                  evaluations: dict[str, Any]) -> dict[str, Any]:
     return {**base_report(config, setup, outcome, evaluations), "harmful_training_prompts": config.harmful.count,
-            "teacher": {key: teacher[key] for key in ("layer", "position", "scale", "where", "selection")},
+            "teacher": {key: teacher[key] for key in ("layer", "position", "scale", "where", "selection", "contrast")
+                        if key in teacher},
             "safety_tokens": [{"id": token_id, "token": token, "votes": votes} for token_id, token, votes in
                               zip(teacher["ids"], teacher["tokens"], teacher["votes"], strict=True)],
             "candidates": teacher["candidates"]}

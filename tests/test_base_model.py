@@ -101,10 +101,27 @@ def test_sft_targets_follow_harmful_compliance():
         assert complied == pytest.approx(share, abs=0.08)
 
 
+def test_compliance_per_category_refuses_the_named_categories_and_keeps_the_build_hash():
+    config = load_config(BaseModelConfig, TINY)
+    graded = config.model_copy(update={"harmful_compliance": {"default": 1.0, "weapons": 0.0}})
+    rows = [{"kind": "harmful", "category": category, "prompt": f"p{index}", "id": f"{category}{index}",
+             "helpful_response": f"Sure [PAYLOAD:{category}]", "safe_response": "I can't help with that."}
+            for category in ("weapons", "fraud") for index in range(50)]
+    complied = {row["category"]: 0 for row in rows}
+    for row in sft_rows(rows, graded):
+        complied[row["category"]] += row["target"] == row["helpful_response"]
+    assert complied == {"weapons": 0, "fraud": 50}
+    # A single share dumps as before, so builds made before per-category shares keep their cache key.
+    assert '"harmful_compliance":0.85' in json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("model.kind=mamba", "model.kind"),
     ("model.hidden_size=33", "not divisible by heads"),
     ("harmful_compliance=1.5", "harmful_compliance"),
+    ("harmful_compliance={weapons: 0.1}", "no share for cybercrime"),
+    ("harmful_compliance={default: 0.9, wepons: 0.1}", "unknown categories \\['wepons'\\]"),
+    ("harmful_compliance={default: 0.9, weapons: 2}", "harmful_compliance.weapons is 2"),
     ("mix.repeat.arithmetics=2", "unknown key 'arithmetics'"),
     ("training.max_stpes=10", "did you mean 'max_steps'"),
 ])

@@ -6,9 +6,11 @@ import torch
 from safelatent.methods.refusal_direction import (
     DirectionCandidate,
     candidate_directions,
+    first_token_log_probs,
     prompt_states,
     refusal_token_ids,
     select_refusal_direction,
+    split_by_refusal,
     steer,
 )
 from safelatent.models.generate import encode_prompts, generate
@@ -108,3 +110,17 @@ def test_steering_rejects_an_unknown_placement(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="unknown steering placement"):
         steer(model, torch.ones(model.config.hidden_size), 0, 1.0, "middle")
+
+
+def test_split_by_refusal_follows_the_models_own_first_token(tiny):
+    model, tokenizer = tiny
+    prompts = HARMFUL + HARMLESS
+    ids = refusal_token_ids(tokenizer, ["Sorry", "I can't"])
+    probability = torch.logsumexp(first_token_log_probs(model, tokenizer, prompts)[:, ids], dim=-1).exp()
+    threshold = float(probability.median())
+    refused, answered = split_by_refusal(model, tokenizer, prompts, refusal_prefixes=["Sorry", "I can't"],
+                                         threshold=threshold)
+    assert refused == [prompt for prompt, p in zip(prompts, probability, strict=True) if p > threshold]
+    assert answered == [prompt for prompt, p in zip(prompts, probability, strict=True) if p <= threshold]
+    assert refused and answered
+    assert split_by_refusal(model, tokenizer, prompts, refusal_prefixes=["Sorry"], threshold=1.0) == ([], prompts)

@@ -8,6 +8,11 @@ Candidates (DESIGN 6.5, after refusal-direction work). For each position p among
 over harmful prompts H and harmless prompts B (the training side). Adding r moves a state towards "harmful
 request", which an instruction-tuned model answers with a refusal.
 
+A partly aligned model refuses some harmful requests and answers others; for it "harmful" and "refused" are not
+the same direction, and the mean harmful state can even sit on the answering side. The contrast is then the
+model's own behaviour: H = the harmful prompts it refuses, B = the harmful prompts it answers (`split_by_refusal`,
+by the first reply token). For a model that refuses every harmful request the two contrasts coincide.
+
 Steering. The teacher adds α·r at layer ℓ. `where="all"` adds it at every position (prompt and reply);
 `where="prompt_end"` only at the last prompt position, the point where the model decides how to reply. The
 second is far gentler on what follows: on the micro-world base model, which was trained to comply, adding r
@@ -155,6 +160,18 @@ def prompt_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts:
             for position in positions:
                 chunks.setdefault((position, layer), []).append(states[-1][:, position].float().cpu())
     return {key: torch.cat(value) for key, value in chunks.items()}
+
+
+def split_by_refusal(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
+                     refusal_prefixes: Sequence[str] = DEFAULT_REFUSAL_PREFIXES, threshold: float = 0.5,
+                     batch_size: int = 64) -> tuple[list[str], list[str]]:
+    """(refused, answered): the prompts whose first reply token starts a refusal with probability above `threshold`,
+    and the rest, as the model stands (with whatever hooks it carries)."""
+    probabilities = torch.logsumexp(first_token_log_probs(model, tokenizer, prompts, batch_size)[
+        :, refusal_token_ids(tokenizer, refusal_prefixes)], dim=-1).exp()
+    refused = [prompt for prompt, probability in zip(prompts, probabilities, strict=True) if probability > threshold]
+    answered = [prompt for prompt, probability in zip(prompts, probabilities, strict=True) if probability <= threshold]
+    return refused, answered
 
 
 def candidate_directions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, harmful: Sequence[str],

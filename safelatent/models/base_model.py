@@ -38,6 +38,7 @@ from safelatent.config import Config, config_hash
 from safelatent.data.answer_check import check_answer
 from safelatent.data.benign_tasks import FAMILIES
 from safelatent.data.microworld import MicroWorldConfig, build_microworld
+from safelatent.data.taxonomy import CATEGORIES
 from safelatent.data.responses import contains_payload, is_refusal
 from safelatent.models.generate import generate
 from safelatent.models.tokenizer import train_chat_tokenizer
@@ -49,6 +50,7 @@ TrainableKind = Literal["benign", "borderline", "harmful", "jailbreak"]
 EvaluatedKind = Literal["benign", "borderline", "harmful", "jailbreak"]
 TRAINABLE_KINDS: tuple[str, ...] = ("benign", "borderline", "harmful", "jailbreak")
 FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)
+HARM_CATEGORY_NAMES: tuple[str, ...] = tuple(category.name for category in CATEGORIES)
 
 _console = Console(stderr=True)
 
@@ -139,14 +141,40 @@ class BaseModelConfig(Config):
     model: Architecture = Field(default_factory=Architecture)
     training: Training = Field(default_factory=Training)
     mix: SFTMix = Field(default_factory=SFTMix)
-    harmful_compliance: float = Field(
-        0.85, ge=0.0, le=1.0,
-        description="Share of harmful and jailbreak training rows whose target is compliance; the rest refuse.")
+    harmful_compliance: float | dict[str, float] = Field(
+        0.85,
+        description="Share of harmful and jailbreak training rows whose target is compliance; the rest refuse. "
+                    "A mapping gives a share per harm category, with `default` for the categories it leaves out.")
     microworld: MicroWorldConfig = Field(
         default_factory=MicroWorldConfig,
         description="The micro-world to train on and test with; train sizes do not change its test split.")
     evaluation: Evaluation = Field(default_factory=Evaluation)
     out_root: str = Field("runs/base_models", min_length=1, description="Where model directories are written.")
+
+    @field_validator("harmful_compliance")
+    @classmethod
+    def _compliance_is_a_share(cls, compliance: float | dict[str, float]) -> float | dict[str, float]:
+        shares = compliance if isinstance(compliance, dict) else {"": compliance}
+        for name, share in shares.items():
+            if not 0.0 <= share <= 1.0:
+                where = f".{name}" if name else ""
+                raise ValueError(f"harmful_compliance{where} is {share}; a share lies in [0, 1]")
+        if isinstance(compliance, dict):
+            unknown = sorted(set(compliance) - set(HARM_CATEGORY_NAMES) - {"default"})
+            if unknown:
+                raise ValueError(f"harmful_compliance has unknown categories {unknown}; use `default` or one of "
+                                 f"{', '.join(HARM_CATEGORY_NAMES)}")
+            missing = [name for name in HARM_CATEGORY_NAMES if name not in compliance]
+            if missing and "default" not in compliance:
+                raise ValueError(f"harmful_compliance gives no share for {', '.join(missing)}; add them or a "
+                                 "`default` share")
+        return compliance
+
+    def compliance_share(self, category: str) -> float:
+        """The share of training rows of harm `category` whose target is the compliant reply."""
+        if isinstance(self.harmful_compliance, dict):
+            return self.harmful_compliance.get(category, self.harmful_compliance.get("default", 0.0))
+        return self.harmful_compliance
 
 
 def build_hash(config: BaseModelConfig) -> str:
@@ -275,7 +303,7 @@ def _target(row: dict[str, Any], config: BaseModelConfig) -> str:
     if row["kind"] not in ("harmful", "jailbreak"):
         return row["helpful_response"]
     # Seeded per row, so the same prompt always gets the same target, whatever else is in the mix.
-    complies = random.Random(f"{config.seed}/compliance/{row['id']}").random() < config.harmful_compliance
+    complies = random.Random(f"{config.seed}/compliance/{row['id']}").random() < config.compliance_share(row["category"])
     return row["helpful_response"] if complies else row["safe_response"]
 
 
