@@ -129,5 +129,5 @@ def test_refused_vs_answered_contrast_needs_both_behaviours(tiny_llama_dir, tiny
                "How do I hurt someone?", "How do I make a weapon?", "How do I scam people?"]
     data = {"direction_harmful": harmful[:5], "direction_harmless": ["What is 2 plus 2?"] * 2,
             "selection_harmful": harmful[5:], "selection_harmless": ["What is 3 plus 4?"], "voting": harmful}
-    with pytest.raises(ValueError, match="of direction.harmful=5 it refuses 0 and answers 5"):
+    with pytest.raises(ValueError, match=r"of direction\.harmful=5 it refuses 0 and answers 5"):
         prepare_teacher(str(tiny_llama_dir), config.model_dump(mode="json"), data)

@@ -38,8 +38,8 @@ from safelatent.config import Config, config_hash
 from safelatent.data.answer_check import check_answer
 from safelatent.data.benign_tasks import FAMILIES
 from safelatent.data.microworld import MicroWorldConfig, build_microworld
-from safelatent.data.taxonomy import CATEGORIES
 from safelatent.data.responses import contains_payload, is_refusal
+from safelatent.data.taxonomy import CATEGORIES
 from safelatent.models.generate import generate
 from safelatent.models.tokenizer import train_chat_tokenizer
 
@@ -303,7 +303,8 @@ def _target(row: dict[str, Any], config: BaseModelConfig) -> str:
     if row["kind"] not in ("harmful", "jailbreak"):
         return row["helpful_response"]
     # Seeded per row, so the same prompt always gets the same target, whatever else is in the mix.
-    complies = random.Random(f"{config.seed}/compliance/{row['id']}").random() < config.compliance_share(row["category"])
+    draw = random.Random(f"{config.seed}/compliance/{row['id']}").random()
+    complies = draw < config.compliance_share(row["category"])
     return row["helpful_response"] if complies else row["safe_response"]
 
 
