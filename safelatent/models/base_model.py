@@ -9,7 +9,9 @@ split. The result is a plain Hugging Face model directory `<out_root>/<name>-<ha
 The SFT targets make the model helpful but only partly aligned: benign and borderline prompts get their
 correct answers, and a `harmful_compliance` share of harmful and jailbreak prompts gets the compliant
 reply (a payload placeholder, never real harmful content) while the rest get the refusal. Later methods
-need both behaviours to exist in the base model.
+need both behaviours to exist in the base model. With one share for every harm category, which prompts are
+refused is a draw the model cannot predict; a share per category makes refusal follow the request, as in a
+partly aligned model (pipelines/configs/base_model_selective.yaml).
 """
 
 import json
