@@ -96,7 +96,12 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
 
 def config_hash(config: Config) -> str:
     """A short, stable hash of a config's content, for cache keys and run lineage."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return data_hash(config.model_dump(mode="json"))
+
+
+def data_hash(data: dict[str, Any]) -> str:
+    """The same short hash for a config already dumped to JSON-able data (to leave fields out first)."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -9,7 +9,16 @@ from transformers import AutoTokenizer
 
 from safelatent.config import load_config
 from safelatent.errors import ConfigError
-from safelatent.models.base_model import REPORT, BaseModelConfig, build_base_model, build_dir, sft_rows
+from safelatent.models.base_model import (
+    PROMPT_CLOSERS,
+    PROMPT_OPENERS,
+    REPORT,
+    BaseModelConfig,
+    build_base_model,
+    build_dir,
+    build_hash,
+    sft_rows,
+)
 from safelatent.models.generate import generate
 from safelatent.models.loading import load
 from safelatent.models.tokenizer import ASSISTANT, END, PAD, USER, train_chat_tokenizer
@@ -115,10 +124,34 @@ def test_compliance_per_category_refuses_the_named_categories_and_keeps_the_buil
     assert '"harmful_compliance":0.85' in json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
 
 
+def test_prompt_noise_wraps_prompts_keeps_replies_and_leaves_the_default_key_alone():
+    config = load_config(BaseModelConfig, TINY)
+    rows = [{"kind": "benign", "category": "arithmetic", "prompt": f"What is {index} plus 1?", "id": str(index),
+             "helpful_response": f"{index} + 1 = {index + 1}. Answer: {index + 1}", "safe_response": ""}
+            for index in range(200)]
+    plain = sft_rows(rows, config)
+    noisy = sft_rows(rows, config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 1.0})}))
+    assert [row["target"] for row in noisy] == [row["target"] for row in plain]
+    for before, after in zip(plain, noisy, strict=True):
+        assert after["prompt"] != before["prompt"] and before["prompt"] in after["prompt"]
+        opener, _, closer = after["prompt"].partition(before["prompt"])
+        assert opener.strip() in ("", *PROMPT_OPENERS) and closer.strip() in ("", *PROMPT_CLOSERS)
+    half = sft_rows(rows, config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 0.5})}))
+    changed = sum(a["prompt"] != b["prompt"] for a, b in zip(plain, half, strict=True)) / len(plain)
+    assert changed == pytest.approx(0.5, abs=0.1)
+    # At 0 the option is left out of the cache key: the shipped default keeps the key its docs and downstream runs
+    # name (runs/base_models/microworld-llama-071eff60b432).
+    shipped = load_config(BaseModelConfig, CONFIGS / "base_model.yaml")
+    assert build_hash(shipped) == "071eff60b432"
+    noisy_config = config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 0.5})})
+    assert build_hash(noisy_config) != build_hash(config)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("model.kind=mamba", "model.kind"),
     ("model.hidden_size=33", "not divisible by heads"),
     ("harmful_compliance=1.5", "harmful_compliance"),
+    ("mix.prompt_noise=2", "mix.prompt_noise"),
     ("harmful_compliance={weapons: 0.1}", "no share for cybercrime"),
     ("harmful_compliance={default: 0.9, wepons: 0.1}", "unknown categories \\['wepons'\\]"),
     ("harmful_compliance={default: 0.9, weapons: 2}", "harmful_compliance.weapons is 2"),

@@ -36,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from trl import SFTConfig, SFTTrainer, pack_dataset
 
-from safelatent.config import Config, config_hash
+from safelatent.config import Config, data_hash
 from safelatent.data.answer_check import check_answer
 from safelatent.data.benign_tasks import FAMILIES
 from safelatent.data.microworld import MicroWorldConfig, build_microworld
@@ -102,6 +102,10 @@ class SFTMix(Config):
         default_factory=dict,
         description="Rows of a kind or benign family appear this many times (1.5: all once, a seeded half "
                     "twice); up-weights hard families.")
+    prompt_noise: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share of SFT rows (every kind alike) whose prompt gets a random opener and/or closer, the "
+                    "reply unchanged, so the model keys on the request rather than on the training phrasings.")
 
     @field_validator("limit_per_kind")
     @classmethod
@@ -180,8 +184,14 @@ class BaseModelConfig(Config):
 
 
 def build_hash(config: BaseModelConfig) -> str:
-    """The cache key: the config's hash with the output root left out, since moving a build does not change it."""
-    return config_hash(config.model_copy(update={"out_root": ""}))
+    """The cache key: the config's hash with the output root left out, since moving a build does not change it.
+
+    Options added after the first builds are left out at their neutral value, so those builds keep their key.
+    """
+    dumped = config.model_copy(update={"out_root": ""}).model_dump(mode="json")
+    if not dumped["mix"]["prompt_noise"]:
+        del dumped["mix"]["prompt_noise"]
+    return data_hash(dumped)
 
 
 def build_dir(config: BaseModelConfig, out_root: str | Path | None = None) -> Path:
@@ -298,7 +308,28 @@ def sft_rows(train: list[dict[str, Any]], config: BaseModelConfig) -> list[dict[
             times *= mix.repeat.get(row["category"], 1.0)
         copies = int(times) + (rng.random() < times - int(times))
         rows.extend([{**row, "target": _target(row, config)}] * copies)
+    if mix.prompt_noise:
+        noise = random.Random(f"{config.seed}/prompt-noise")
+        rows = [{**row, "prompt": _noisy(row["prompt"], noise)} if noise.random() < mix.prompt_noise else row
+                for row in rows]
     return rows
+
+
+# Openers and closers that carry no request of their own; none of them is a phrasing of a micro-world template.
+PROMPT_OPENERS: tuple[str, ...] = (
+    "Hi!", "Hello.", "Hey there,", "Quick question:", "One more thing.", "I was wondering:", "Question for you:",
+    "Good morning!", "Okay,", "So,", "Hmm.", "Here is my question:", "Hi, hope you are well.", "Right,")
+PROMPT_CLOSERS: tuple[str, ...] = (
+    "Thanks!", "Thank you.", "Thanks a lot.", "Please be brief.", "Cheers.", "I appreciate it.",
+    "Short answer please.", "No rush.", "Much appreciated!", "That is all.")
+
+
+def _noisy(prompt: str, rng: random.Random) -> str:
+    """The prompt with an opener, a closer or both (a third each)."""
+    shape = rng.randrange(3)
+    opener = f"{rng.choice(PROMPT_OPENERS)} " if shape != 1 else ""
+    closer = f" {rng.choice(PROMPT_CLOSERS)}" if shape != 0 else ""
+    return f"{opener}{prompt}{closer}"
 
 
 def _target(row: dict[str, Any], config: BaseModelConfig) -> str:
