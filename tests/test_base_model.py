@@ -133,9 +133,16 @@ def test_prompt_noise_wraps_prompts_keeps_replies_and_leaves_the_default_key_alo
     noisy = sft_rows(rows, config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 1.0})}))
     assert [row["target"] for row in noisy] == [row["target"] for row in plain]
     for before, after in zip(plain, noisy, strict=True):
-        assert after["prompt"] != before["prompt"] and before["prompt"] in after["prompt"]
-        opener, _, closer = after["prompt"].partition(before["prompt"])
-        assert opener.strip() in ("", *PROMPT_OPENERS) and closer.strip() in ("", *PROMPT_CLOSERS)
+        core = before["prompt"][1:-1]  # the first letter's case and the final mark may change
+        assert after["prompt"] != before["prompt"] and core in after["prompt"]
+        opener, _, closer = after["prompt"].partition(core)
+        assert opener[:-1].strip() in ("", *PROMPT_OPENERS) and closer[1:].strip() in ("", *PROMPT_CLOSERS)
+        assert opener[-1:].lower() == "w" and closer[:1] in ("", "?", " ")
+    harmful = [{**row, "kind": "harmful", "category": "fraud"} for row in rows[:20]]
+    only_benign = config.mix.model_copy(update={"prompt_noise": 1.0, "prompt_noise_kinds": ("benign",)})
+    mixed = sft_rows(rows[:20] + harmful, config.model_copy(update={"mix": only_benign}))
+    assert all((row["prompt"] == source["prompt"]) == (row["kind"] == "harmful")
+               for row, source in zip(mixed, rows[:20] + harmful, strict=True))
     half = sft_rows(rows, config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 0.5})}))
     changed = sum(a["prompt"] != b["prompt"] for a, b in zip(plain, half, strict=True)) / len(plain)
     assert changed == pytest.approx(0.5, abs=0.1)

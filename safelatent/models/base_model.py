@@ -104,8 +104,11 @@ class SFTMix(Config):
                     "twice); up-weights hard families.")
     prompt_noise: float = Field(
         0.0, ge=0.0, le=1.0,
-        description="Share of SFT rows (every kind alike) whose prompt gets a random opener and/or closer, the "
-                    "reply unchanged, so the model keys on the request rather than on the training phrasings.")
+        description="Share of SFT rows (every kind alike) whose prompt gets a random opener and/or closer and "
+                    "sometimes a lower-case start or no final punctuation, the reply unchanged, so the model keys on "
+                    "the request rather than on the exact training phrasings.")
+    prompt_noise_kinds: tuple[TrainableKind, ...] = Field(
+        TRAINABLE_KINDS, min_length=1, description="The kinds of rows `prompt_noise` applies to.")
 
     @field_validator("limit_per_kind")
     @classmethod
@@ -190,7 +193,7 @@ def build_hash(config: BaseModelConfig) -> str:
     """
     dumped = config.model_copy(update={"out_root": ""}).model_dump(mode="json")
     if not dumped["mix"]["prompt_noise"]:
-        del dumped["mix"]["prompt_noise"]
+        del dumped["mix"]["prompt_noise"], dumped["mix"]["prompt_noise_kinds"]
     return data_hash(dumped)
 
 
@@ -310,7 +313,8 @@ def sft_rows(train: list[dict[str, Any]], config: BaseModelConfig) -> list[dict[
         rows.extend([{**row, "target": _target(row, config)}] * copies)
     if mix.prompt_noise:
         noise = random.Random(f"{config.seed}/prompt-noise")
-        rows = [{**row, "prompt": _noisy(row["prompt"], noise)} if noise.random() < mix.prompt_noise else row
+        rows = [{**row, "prompt": _noisy(row["prompt"], noise)}
+                if row["kind"] in mix.prompt_noise_kinds and noise.random() < mix.prompt_noise else row
                 for row in rows]
     return rows
 
@@ -325,7 +329,12 @@ PROMPT_CLOSERS: tuple[str, ...] = (
 
 
 def _noisy(prompt: str, rng: random.Random) -> str:
-    """The prompt with an opener, a closer or both (a third each)."""
+    """The prompt with an opener, a closer or both (a third each); a quarter of the time its first letter in lower
+    case, a quarter of the time without its final punctuation mark."""
+    if rng.random() < 0.25:
+        prompt = prompt[:1].lower() + prompt[1:]
+    if rng.random() < 0.25 and prompt[-1:] in ("?", ".", "!"):
+        prompt = prompt[:-1]
     shape = rng.randrange(3)
     opener = f"{rng.choice(PROMPT_OPENERS)} " if shape != 1 else ""
     closer = f" {rng.choice(PROMPT_CLOSERS)}" if shape != 0 else ""
