@@ -12,7 +12,8 @@ step) with the settings above laid over it.
 
 What is measured, per step, after dropping the first `--warmup` steps:
 - samples/s = responses per step ÷ mean seconds per step (the throughput over the measured steps);
-- the engine (`ppo.estimator=grpo`, once per `--workers` count of rollout workers, each run on a fresh embedded
+- the engine (`ppo.estimator=grpo`, once per `--workers` count of rollout workers, and again for each `--setup`
+  of config overrides (say, more torch threads for a role), each run on a fresh embedded
   Ray cluster): the seconds it records for each phase of a step — generate (slowest rollout worker, log-probs of
   the samples included), score (judges), reference (reference log-probs), learn (the PPO update), weight sync
   (publishing the new weights and loading them into every rollout worker) and idle — and the orchestration
@@ -24,7 +25,7 @@ What is measured, per step, after dropping the first `--warmup` steps:
   `TrainerCallback`. Gradient checkpointing (on by default in TRL) is off, since the engine does not use it.
   On a busy machine give TRL no more threads than there are idle cores: oversubscribed torch threads can slow
   it down tenfold or more (the load average at the start is reported);
-- ours ÷ TRL: the engine's samples/s over TRL's, for each rollout-worker count.
+- ours ÷ TRL: the engine's samples/s over TRL's, for each rollout-worker count and setup.
 The mean response length (tokens, end-of-turn included) is reported for both sides: the generation cost follows
 it, and the two sides sample their own responses.
 
@@ -71,7 +72,20 @@ from safelatent.models.base_model import BaseModelConfig, build_base_model
 
 REPO = Path(__file__).resolve().parents[1]
 OVERHEAD_TARGET = 0.15
+SHIPPED = "shipped"
 PHASES = ("generate", "score", "reference", "learn", "weight_sync", "idle")
+
+
+def engine_setup(text: str) -> tuple[str, list[str]]:
+    """`--setup "label:key=value,key=value"` as (label, [overrides]): engine settings laid over the shipped ones."""
+    label, sep, overrides = text.partition(":")
+    settings = [item.strip() for item in overrides.split(",") if item.strip()]
+    if not sep or not label.strip() or not settings or not all("=" in item for item in settings):
+        raise argparse.ArgumentTypeError(f"expected LABEL:KEY=VALUE[,KEY=VALUE...], e.g. "
+                                         f"'rollout-2-threads:resources.rollout.threads=2'; got {text!r}")
+    if label.strip() == SHIPPED:
+        raise argparse.ArgumentTypeError(f"the label {SHIPPED!r} is taken by the shipped settings, which always run")
+    return label.strip(), settings
 
 
 def worker_counts(text: str) -> list[int]:
@@ -107,6 +121,10 @@ def parse_args() -> argparse.Namespace:
                                                              "pipelines/configs/rlaif_ppo.yaml)")
     parser.add_argument("--async-rollout", action="store_true", help="the engine samples batch k+1 while it "
                                                                      "learns on batch k")
+    parser.add_argument("--setup", type=engine_setup, action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                        help="also run the engine with these config overrides on top of the shipped settings (and "
+                             "of the options above), side by side in the same run; repeatable, e.g. "
+                             "--setup rollout-2-threads:resources.rollout.threads=2")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the TRL run "
                                                                             "(default: the CPU count, %(default)s)")
     parser.add_argument("--out", default="runs/benchmarks/ppo_throughput.json", help="JSON file for the results; "
@@ -134,7 +152,7 @@ def resolve_models(args: argparse.Namespace, build_root: Path) -> tuple[str, str
 
 
 def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int = 1,
-                  out_root: str = "runs/benchmarks/engine") -> RLAIFPPOConfig:
+                  out_root: str = "runs/benchmarks/engine", setup: list[str] = ()) -> RLAIFPPOConfig:
     """The engine's settings for a run writing under `out_root`; the TRL run copies the settings both sides share
     (prompts, sampling, β, optimizer) from one of these that never runs."""
     batch = args.prompts_per_step * args.samples_per_prompt
@@ -147,18 +165,27 @@ def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, wor
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
         f"resources.rollout_workers={workers}", f"resources.threads_per_actor={args.actor_threads}",
         f"rollout.async_rollout={str(args.async_rollout).lower()}",
-        *([f"resources.learner.threads={args.learner_threads}"] if args.learner_threads is not None else [])])
+        *([f"resources.learner.threads={args.learner_threads}"] if args.learner_threads is not None else []),
+        *setup])
+
+
+def engine_column(label: str, workers: int) -> str:
+    """The results key and table column of one engine run: '1 worker', or 'rollout-2-threads, 2 workers'."""
+    count = f"{workers} worker{'s' if workers != 1 else ''}"
+    return count if label == SHIPPED else f"{label}, {count}"
 
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def measure_engine(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int) -> dict[str, Any]:
-    """Train `--steps` steps with `workers` rollout workers; samples/s and the phase breakdown of the measured
-    steps. `run` starts an embedded Ray cluster and shuts it down again, so each run starts from scratch."""
+def measure_engine(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int,
+                   setup: list[str] = ()) -> dict[str, Any]:
+    """Train `--steps` steps with `workers` rollout workers (and a setup's overrides); samples/s and the phase
+    breakdown of the measured steps. `run` starts an embedded Ray cluster and shuts it down again, so each run
+    starts from scratch."""
     with tempfile.TemporaryDirectory(prefix="ppo-throughput-engine-") as root:
-        config = engine_config(args, model_dir, judges_dir, workers, root)
+        config = engine_config(args, model_dir, judges_dir, workers, root, setup)
         history = run(config, console=Console(stderr=True)).history
     measured = history[args.warmup:]
     samples = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
@@ -168,7 +195,11 @@ def measure_engine(args: argparse.Namespace, model_dir: str, judges_dir: str, wo
                       + entry["time/learn"] for entry in measured])
     # With async rollout, sampling overlaps the rest of the step, so "step − compute" is not an overhead.
     overhead_s = None if config.rollout.async_rollout else step_s - compute_s
-    return {"rollout_workers": workers, "samples_per_step": samples, "measured_steps": len(measured),
+    threads = {role: getattr(config.resources, role).threads for role in ("rollout", "reward", "reference", "learner")}
+    return {"rollout_workers": workers, "overrides": list(setup), "async_rollout": config.rollout.async_rollout,
+            "torch_threads": {role: config.resources.threads_per_actor if value is None else value
+                              for role, value in threads.items()},
+            "samples_per_step": samples, "measured_steps": len(measured),
             "samples_per_second": samples / step_s, "step_s": step_s, "phases_s": phases,
             "model_compute_s": compute_s, "overhead_s": overhead_s,
             "overhead_share": overhead_s / step_s if overhead_s is not None else None,
@@ -272,8 +303,8 @@ def results_table(results: dict[str, Any]) -> Table:
                   caption="compute = generate + max(score, reference) + learn; overhead = step − compute "
                           f"(target ≤ {OVERHEAD_TARGET:.0%} of the step)")
     table.add_column("")
-    for workers in engine:
-        table.add_column(f"engine, {workers} worker{'s' if workers != '1' else ''}", justify="right")
+    for column in engine:
+        table.add_column(f"engine, {column}", justify="right")
     if trl_result:
         threads = trl_result["torch_threads"]
         table.add_column(f"TRL, {threads} thread{'s' if threads != 1 else ''}", justify="right")
@@ -282,6 +313,8 @@ def results_table(results: dict[str, Any]) -> Table:
         trl_cells = [trl_cell(trl_result) if trl_cell else "—"] if trl_result else []
         table.add_row(label, *(engine_cell(result) for result in engine.values()), *trl_cells)
 
+    row("torch threads (rollout reward reference learner)",
+        lambda r: " ".join(str(count) for count in r["torch_threads"].values()), lambda r: str(r["torch_threads"]))
     row("samples/s", lambda r: f"{r['samples_per_second']:.2f}", lambda r: f"{r['samples_per_second']:.2f}")
     row("step s", lambda r: f"{r['step_s']:.3f}", lambda r: f"{r['step_s']:.3f}")
     for phase in PHASES:
@@ -296,7 +329,7 @@ def results_table(results: dict[str, Any]) -> Table:
     row("overhead", overhead)
     row("response tokens", lambda r: f"{r['response_tokens']:.1f}", lambda r: f"{r['response_tokens']:.1f}")
     if trl_result:
-        row("ours ÷ TRL", lambda r: f"{results['ratio'][str(r['rollout_workers'])]:.2f}×")
+        row("ours ÷ TRL", lambda r: f"{r['samples_per_second'] / trl_result['samples_per_second']:.2f}×")
     return table
 
 
@@ -315,7 +348,9 @@ def main() -> None:
                      "max_new_tokens": args.max_new_tokens, "temperature": shared.rollout.temperature,
                      "top_p": shared.rollout.top_p, "top_k": 0, "beta": shared.ppo.kl.beta,
                      "learning_rate": shared.optimizer.learning_rate, "seed": shared.seed},
-        "engine": {str(workers): measure_engine(args, model_dir, judges_dir, workers) for workers in args.workers},
+        "setups": {SHIPPED: [], **dict(args.setup)},
+        "engine": {engine_column(label, workers): measure_engine(args, model_dir, judges_dir, workers, setup)
+                   for label, setup in [(SHIPPED, []), *args.setup] for workers in args.workers},
         "trl": None if args.skip_trl else measure_trl(args, shared)}
     if results["trl"]:
         results["ratio"] = {workers: result["samples_per_second"] / results["trl"]["samples_per_second"]
@@ -325,8 +360,10 @@ def main() -> None:
 
     console = Console()
     console.print(results_table(results))
-    for workers, ratio in results.get("ratio", {}).items():
-        console.print(f"ours ÷ TRL samples/s with {workers} rollout worker(s): [bold]{ratio:.2f}×[/bold]")
+    for column, ratio in results.get("ratio", {}).items():
+        console.print(f"ours ÷ TRL samples/s, engine {column}: [bold]{ratio:.2f}×[/bold]")
+    for label, setup in args.setup:
+        console.print(f"setup {label}: {', '.join(setup)}", highlight=False)
     machine = results["machine"]
     trl_threads = "" if args.skip_trl else f"TRL {args.threads}, "
     console.print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), load average "
