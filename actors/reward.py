@@ -1,5 +1,6 @@
 """RewardScorer: the AI judges (reward model + harm classifier) scoring batches of (prompt, response)."""
 
+import hashlib
 import os
 import time
 
@@ -46,20 +47,34 @@ class RewardGroup:
     def provenance(self) -> dict:
         return ray.get(self.scorers[0].provenance.remote())
 
-    def submit(self, prompts: list[str], responses: list[str]) -> list:
-        size = -(-len(prompts) // len(self.scorers))
-        return [(index, prompts[start:start + size], responses[start:start + size],
-                 self.scorers[index].score.remote(prompts[start:start + size], responses[start:start + size]))
-                for index, start in enumerate(range(0, len(prompts), size))]
+    def submit(self, prompts: list[str], responses: list[str]) -> tuple[int, list]:
+        """Start scoring (returns the pending shares for `collect`). A pair always goes to the same scorer (by a
+        stable hash of its text), so each scorer's cache sees every repeat of the pairs it holds."""
+        shares: list[list[int]] = [[] for _ in self.scorers]
+        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            shares[scorer_of(prompt, response, len(self.scorers))].append(row)
+        pending = []
+        for index, rows in enumerate(shares):
+            if rows:
+                share_prompts, share_responses = [prompts[row] for row in rows], [responses[row] for row in rows]
+                pending.append((index, rows, share_prompts, share_responses,
+                                self.scorers[index].score.remote(share_prompts, share_responses)))
+        return len(prompts), pending
 
-    def collect(self, pending: list) -> tuple[FeedbackScores, float]:
-        """The scores of the whole batch, and the longest time a scorer spent on its share."""
-        results = [self._result(*item) for item in pending]
-        parts = [part for part, _ in results]
-        components = {name: [value for part in parts for value in part.components[name]]
-                      for name in parts[0].components}
-        return FeedbackScores(rewards=[value for part in parts for value in part.rewards], components=components,
-                              cache_hits=sum(part.cache_hits for part in parts)), max(s for _, s in results)
+    def collect(self, submitted: tuple[int, list]) -> tuple[FeedbackScores, float]:
+        """The scores of the whole batch in its order, and the longest time a scorer spent on its share."""
+        size, pending = submitted
+        rewards: list[float] = [0.0] * size
+        components: dict[str, list[float]] = {}
+        cache_hits, longest = 0, 0.0
+        for index, rows, share_prompts, share_responses, ref in pending:
+            part, seconds = self._result(index, share_prompts, share_responses, ref)
+            for position, row in enumerate(rows):
+                rewards[row] = part.rewards[position]
+                for name, values in part.components.items():
+                    components.setdefault(name, [0.0] * size)[row] = values[position]
+            cache_hits, longest = cache_hits + part.cache_hits, max(longest, seconds)
+        return FeedbackScores(rewards=rewards, components=components, cache_hits=cache_hits), longest
 
     def _result(self, index: int, prompts: list[str], responses: list[str], submitted: ray.ObjectRef
                 ) -> tuple[FeedbackScores, float]:
@@ -70,3 +85,9 @@ class RewardGroup:
             return ray.get(ref)
 
         return with_retries(call, f"reward scorer {index}", self.attempts)
+
+
+def scorer_of(prompt: str, response: str, scorers: int) -> int:
+    """The scorer a (prompt, response) pair goes to: the same in every step and every process."""
+    digest = hashlib.blake2b(f"{prompt}\0{response}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % scorers

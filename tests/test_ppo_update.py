@@ -114,3 +114,12 @@ def test_a_learner_resumed_with_another_learning_rate_uses_it_and_keeps_the_mome
     assert [group["lr"] for group in second.optimizer.param_groups] == [5e-4]
     moments = next(iter(second.optimizer.state.values()))
     assert int(moments["step"]) == 1 and moments["exp_avg"].abs().sum() > 0
+
+
+def test_without_an_entropy_bonus_the_entropy_is_a_diagnostic_outside_the_backward_pass(tiny_llama_dir):
+    loaded = load(tiny_llama_dir, device="cpu")
+    batch = sample(loaded.model, loaded.tokenizer, PROMPTS, samples_per_prompt=2, max_new_tokens=4, seed=0)
+    logprobs, entropy, _ = policy_outputs(loaded.model, batch, 1.0)
+    detached_logprobs, detached_entropy, _ = policy_outputs(loaded.model, batch, 1.0, entropy_grad=False)
+    assert entropy.requires_grad and not detached_entropy.requires_grad and detached_logprobs.requires_grad
+    assert torch.equal(entropy.detach(), detached_entropy) and torch.equal(logprobs, detached_logprobs)

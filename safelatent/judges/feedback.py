@@ -5,7 +5,8 @@ reward(x, y) = reward_model_weight·RM(x, y) − harm_penalty·P_harm(x, y)
 RM is the Bradley-Terry reward model, P_harm the harm classifier's probability of harmful compliance.
 Every score carries the judges' provenance (model versions, constitution hash, how the preference labels
 were made), so a run can log exactly which judge shaped it. Identical (prompt, response) pairs are scored
-once per judge version: PPO samples the same short refusals and answers again and again.
+once per judge version (and once per batch without a cache): PPO samples the same short refusals and answers
+again and again.
 """
 
 from collections import OrderedDict
@@ -35,7 +36,7 @@ class FeedbackSettings(Config):
 class FeedbackScores:
     rewards: list[float]
     components: dict[str, list[float]]  # "reward_model", "harm_probability"
-    cache_hits: int
+    cache_hits: int  # pairs the judges did not run on: cached, or a repeat of a pair earlier in the batch
 
 
 class ScoreCache:
@@ -96,15 +97,17 @@ class AIFeedback:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
         keys = [(self.version, prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
         known = [self.cache.get(key) for key in keys]
-        missing = [index for index, value in enumerate(known) if value is None]
+        # Pairs neither cached nor seen earlier in this batch (sampled groups often repeat a reply), in order.
+        missing = list(dict.fromkeys(key for key, value in zip(keys, known, strict=True) if value is None))
         if missing:
-            missing_prompts = [prompts[index] for index in missing]
-            missing_responses = [responses[index] for index in missing]
+            missing_prompts = [key[1] for key in missing]
+            missing_responses = [key[2] for key in missing]
             rewards = self.reward_model.score(missing_prompts, missing_responses)
             harms = self.harm_classifier.predict_proba(missing_prompts, missing_responses)
-            for index, reward, harm in zip(missing, rewards, harms, strict=True):
-                known[index] = (reward, harm)
-                self.cache.put(keys[index], (reward, harm))
+            fresh = {key: (reward, harm) for key, reward, harm in zip(missing, rewards, harms, strict=True)}
+            for key, value in fresh.items():
+                self.cache.put(key, value)
+            known = [fresh[key] if value is None else value for key, value in zip(keys, known, strict=True)]
         reward_model = [value[0] for value in known]
         harm = [value[1] for value in known]
         combined = [self.settings.reward_model_weight * r - self.settings.harm_penalty * p

@@ -88,16 +88,17 @@ def compute_advantages(batch: RolloutBatch, sequence_rewards: torch.Tensor, ref_
     return Advantages(advantages=advantages, returns=returns, stats=stats)
 
 
-def policy_outputs(model: nn.Module, batch: RolloutBatch, temperature: float
+def policy_outputs(model: nn.Module, batch: RolloutBatch, temperature: float, entropy_grad: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(response logprobs, response entropy, response values or None) of `model` on `batch`, with gradients.
+    """(response logprobs, response entropy, response values or None) of `model` on `batch`, with gradients
+    (none through the entropy when `entropy_grad` is False: a diagnostic only, its backward pass is skipped).
 
     `model` is a causal LM, or a value-head model returning (logits, values).
     """
     output = model(**sequence_inputs(batch), logits_to_keep=logits_to_keep(batch))
     logits, values = output if isinstance(output, tuple) else (output.logits, None)
     scaled = response_logits(logits, batch) / temperature
-    return (token_logprobs(scaled, batch.response_ids), token_entropy(scaled),
+    return (token_logprobs(scaled, batch.response_ids), token_entropy(scaled if entropy_grad else scaled.detach()),
             response_values(values, batch) if values is not None else None)
 
 
@@ -134,7 +135,8 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Rollou
             index = order[start:start + settings.minibatch_size]
             part = batch.select(index)
             mask = part.response_mask.to(part.logprobs.dtype)
-            logprobs, entropy, values = policy_outputs(model, part, temperature)
+            logprobs, entropy, values = policy_outputs(model, part, temperature,
+                                                       entropy_grad=settings.entropy_coef > 0)
             weights = importance_weights[index] if importance_weights is not None else None
             loss_pg, stats = policy_loss(logprobs, part.logprobs, advantages.advantages[index], mask,
                                          settings.clip_eps, weights)
