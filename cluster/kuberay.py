@@ -82,8 +82,7 @@ SIZES = {
     # EKS with the node groups of infra/terraform: GPU pods go to the GPU node group.
     "prod": Sizes(("8", "32Gi"), ("8", "32Gi"), (1, 8), ("8", "60Gi"), (0, 8),
                   gpu_node_selector={"safelatent.io/pool": "gpu"},
-                  train_overrides=("resources.rollout.num_gpus=0.5", "resources.reward_workers=1",
-                                   "resources.reward.num_gpus=0.25",
+                  train_overrides=("resources.rollout.num_gpus=0.5", "resources.reward.num_gpus=0.25",
                                    "resources.reference.num_gpus=0.25", "resources.learner.num_gpus=1")),
 }
 
