@@ -25,7 +25,10 @@ What is measured, per step, after dropping the first `--warmup` steps:
   `TrainerCallback`. Gradient checkpointing (on by default in TRL) is off, since the engine does not use it.
   On a busy machine give TRL no more threads than there are idle cores: oversubscribed torch threads can slow
   it down tenfold or more (the load average at the start is reported);
-- ours ÷ TRL: the engine's samples/s over TRL's, for each rollout-worker count and setup.
+- ours ÷ TRL: the engine's samples/s over TRL's, for each rollout-worker count and setup. With `--repeats N`
+  the engine runs and the TRL run alternate N times; each round gives a ratio and the median is reported, with
+  the range. A shared machine slows down and speeds up over minutes, so a ratio within one round is steadier
+  than one between a whole engine series and a TRL run at the end.
 The mean response length (tokens, end-of-turn included) is reported for both sides: the generation cost follows
 it, and the two sides sample their own responses.
 
@@ -46,6 +49,7 @@ import argparse
 import json
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -125,12 +129,15 @@ def parse_args() -> argparse.Namespace:
                         help="also run the engine with these config overrides on top of the shipped settings (and "
                              "of the options above), side by side in the same run; repeatable, e.g. "
                              "--setup rollout-2-threads:resources.rollout.threads=2")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every engine run followed by the TRL run; "
+                        "ours ÷ TRL is the median of the rounds' ratios, so a slow spell of a noisy machine "
+                        "weighs on both sides of one ratio (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the TRL run "
                                                                             "(default: the CPU count, %(default)s)")
     parser.add_argument("--out", default="runs/benchmarks/ppo_throughput.json", help="JSON file for the results; "
                         "the tiny models are built next to it (default: %(default)s)")
     args = parser.parse_args()
-    for name in ("steps", "prompts_per_step", "max_new_tokens", "threads", "actor_threads"):
+    for name in ("steps", "prompts_per_step", "max_new_tokens", "threads", "actor_threads", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.samples_per_prompt < 2:
@@ -329,8 +336,44 @@ def results_table(results: dict[str, Any]) -> Table:
     row("overhead", overhead)
     row("response tokens", lambda r: f"{r['response_tokens']:.1f}", lambda r: f"{r['response_tokens']:.1f}")
     if trl_result:
-        row("ours ÷ TRL", lambda r: f"{r['samples_per_second'] / trl_result['samples_per_second']:.2f}×")
+        rounds = results["repeats"]
+
+        def ratio(r: dict) -> str:
+            column = next(name for name, value in engine.items() if value is r)
+            each = [round_["ratio"][column] for round_ in rounds]
+            spread = f" ({min(each):.2f}–{max(each):.2f})" if len(each) > 1 else ""
+            return f"{results['ratio'][column]:.2f}×{spread}"
+
+        row("ours ÷ TRL" + (f" (median of {len(rounds)} rounds)" if len(rounds) > 1 else ""), ratio)
     return table
+
+
+def measure_round(args: argparse.Namespace, model_dir: str, judges_dir: str, shared: RLAIFPPOConfig
+                  ) -> dict[str, Any]:
+    """One round: every engine setup and worker count, then TRL, and the engine ÷ TRL ratios of this round."""
+    round_: dict[str, Any] = {
+        "engine": {engine_column(label, workers): measure_engine(args, model_dir, judges_dir, workers, setup)
+                   for label, setup in [(SHIPPED, []), *args.setup] for workers in args.workers},
+        "trl": None if args.skip_trl else measure_trl(args, shared)}
+    if round_["trl"]:
+        round_["ratio"] = {column: result["samples_per_second"] / round_["trl"]["samples_per_second"]
+                           for column, result in round_["engine"].items()}
+    return round_
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's figures over the rounds: seconds and lengths are means over the rounds (each measures as many
+    steps), samples/s follows from the mean step; per-step seconds are joined; settings come from the first."""
+    out = {**runs[0], "rounds": len(runs), "step_s_all": [value for run in runs for value in run["step_s_all"]]}
+    for name in ("step_s", "model_compute_s", "overhead_s", "response_tokens"):
+        if runs[0].get(name) is not None:
+            out[name] = mean([run[name] for run in runs])
+    if "phases_s" in runs[0]:
+        out["phases_s"] = {phase: mean([run["phases_s"][phase] for run in runs]) for phase in runs[0]["phases_s"]}
+    out["samples_per_second"] = runs[0]["samples_per_step"] / out["step_s"]
+    if out.get("overhead_s") is not None:
+        out["overhead_share"] = out["overhead_s"] / out["step_s"]
+    return out
 
 
 def main() -> None:
@@ -349,12 +392,13 @@ def main() -> None:
                      "top_p": shared.rollout.top_p, "top_k": 0, "beta": shared.ppo.kl.beta,
                      "learning_rate": shared.optimizer.learning_rate, "seed": shared.seed},
         "setups": {SHIPPED: [], **dict(args.setup)},
-        "engine": {engine_column(label, workers): measure_engine(args, model_dir, judges_dir, workers, setup)
-                   for label, setup in [(SHIPPED, []), *args.setup] for workers in args.workers},
-        "trl": None if args.skip_trl else measure_trl(args, shared)}
+        "repeats": [measure_round(args, model_dir, judges_dir, shared) for _ in range(args.repeats)]}
+    results["engine"] = {column: pooled([round_["engine"][column] for round_ in results["repeats"]])
+                         for column in results["repeats"][0]["engine"]}
+    results["trl"] = None if args.skip_trl else pooled([round_["trl"] for round_ in results["repeats"]])
     if results["trl"]:
-        results["ratio"] = {workers: result["samples_per_second"] / results["trl"]["samples_per_second"]
-                            for workers, result in results["engine"].items()}
+        results["ratio"] = {column: statistics.median(round_["ratio"][column] for round_ in results["repeats"])
+                            for column in results["engine"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
 
