@@ -218,7 +218,9 @@ def summary_table(result: SweepResult, config: TuneConfig) -> Table:
     metric = config.objective.metric
     table = Table(title=f"sweep {config.name!r}: {len(result.trials)} trials of {config.tuned} "
                         f"(objective: {metric}{', minimised' if lower_is_better(metric) else ''}, penalised "
-                        f"beyond a {config.objective.max_accuracy_drop:.0%} accuracy drop)")
+                        f"beyond a {config.objective.max_accuracy_drop:.0%} accuracy drop"
+                        + (f" and beyond {config.objective.max_over_refusal:.0%} over-refusal"
+                           if config.objective.over_refusal_penalty else "") + ")")
     for column in ("trial", "status", "score", "harmlessness", "task acc.", "over-refusal", "sampled"):
         table.add_column(column, overflow="fold")
     for trial in result.trials:

@@ -65,6 +65,18 @@ def test_default_objective_penalises_accuracy_lost_beyond_three_points():
         score(metrics(), ObjectiveSettings(metric="helpfulness"), None)
 
 
+def test_a_refusal_penalty_separates_trials_that_tie_on_harmlessness():
+    settings = ObjectiveSettings(over_refusal_penalty=0.5, max_over_refusal=0.05)
+    careful = metrics(1.0, 0.60, over_refusal=0.04)
+    refusing = metrics(1.0, 0.60, over_refusal=0.25)
+    assert score(careful, ObjectiveSettings(), 0.60) == score(refusing, ObjectiveSettings(), 0.60) == 1.0
+    assert score(careful, settings, 0.60) == pytest.approx(1.0)  # within the allowance: free
+    assert score(refusing, settings, 0.60) == pytest.approx(1.0 - 0.5 * 0.20)
+    assert score(metrics(1.0, 0.55, over_refusal=0.25), settings, 0.60) == pytest.approx(1.0 - 0.10 - 0.02)
+    with pytest.raises(ValueError):
+        ObjectiveSettings(over_refusal_penalty=-1)
+
+
 def test_pareto_front_keeps_the_undominated_points():
     points = [(0.99, 0.55), (0.95, 0.60), (0.90, 0.58), (0.99, 0.50), (0.80, 0.61), (0.95, 0.60)]
     assert pareto_front(points) == [4, 1, 5, 0]
