@@ -53,7 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def resolve_models(args: argparse.Namespace, build_root: Path) -> tuple[str, str
 
 
 def engine_config(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int = 1,
-                  out_root: str = "runs/benchmarks/engine", setup: list[str] = ()) -> RLAIFPPOConfig:
+                  out_root: str = "runs/benchmarks/engine", setup: Sequence[str] = ()) -> RLAIFPPOConfig:
     """The engine's settings for a run writing under `out_root`; the TRL run copies the settings both sides share
     (prompts, sampling, β, optimizer) from one of these that never runs."""
     batch = args.prompts_per_step * args.samples_per_prompt
@@ -187,7 +187,7 @@ def mean(values: list[float]) -> float:
 
 
 def measure_engine(args: argparse.Namespace, model_dir: str, judges_dir: str, workers: int,
-                   setup: list[str] = ()) -> dict[str, Any]:
+                   setup: Sequence[str] = ()) -> dict[str, Any]:
     """Train `--steps` steps with `workers` rollout workers (and a setup's overrides); samples/s and the phase
     breakdown of the measured steps. `run` starts an embedded Ray cluster and shuts it down again, so each run
     starts from scratch."""
@@ -339,10 +339,9 @@ def results_table(results: dict[str, Any]) -> Table:
         rounds = results["repeats"]
 
         def ratio(r: dict) -> str:
-            column = next(name for name, value in engine.items() if value is r)
-            each = [round_["ratio"][column] for round_ in rounds]
+            each = r["ratio_by_round"]
             spread = f" ({min(each):.2f}–{max(each):.2f})" if len(each) > 1 else ""
-            return f"{results['ratio'][column]:.2f}×{spread}"
+            return f"{statistics.median(each):.2f}×{spread}"
 
         row("ours ÷ TRL" + (f" (median of {len(rounds)} rounds)" if len(rounds) > 1 else ""), ratio)
     return table
@@ -397,8 +396,10 @@ def main() -> None:
                          for column in results["repeats"][0]["engine"]}
     results["trl"] = None if args.skip_trl else pooled([round_["trl"] for round_ in results["repeats"]])
     if results["trl"]:
-        results["ratio"] = {column: statistics.median(round_["ratio"][column] for round_ in results["repeats"])
-                            for column in results["engine"]}
+        for column, result in results["engine"].items():
+            result["ratio_by_round"] = [round_["ratio"][column] for round_ in results["repeats"]]
+        results["ratio"] = {column: statistics.median(result["ratio_by_round"])
+                            for column, result in results["engine"].items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
 
