@@ -8,10 +8,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from safelatent.config import load_config
+from safelatent.data.surface_noise import PROMPT_CLOSERS, PROMPT_OPENERS
 from safelatent.errors import ConfigError
 from safelatent.models.base_model import (
-    PROMPT_CLOSERS,
-    PROMPT_OPENERS,
     REPORT,
     BaseModelConfig,
     build_base_model,
@@ -146,10 +145,11 @@ def test_prompt_noise_wraps_prompts_keeps_replies_and_leaves_the_default_key_alo
     half = sft_rows(rows, config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 0.5})}))
     changed = sum(a["prompt"] != b["prompt"] for a, b in zip(plain, half, strict=True)) / len(plain)
     assert changed == pytest.approx(0.5, abs=0.1)
-    # At 0 the option is left out of the cache key: the shipped default keeps the key its docs and downstream runs
-    # name (runs/base_models/microworld-llama-071eff60b432).
-    shipped = load_config(BaseModelConfig, CONFIGS / "base_model.yaml")
-    assert build_hash(shipped) == "071eff60b432"
+    # At 0 the option is left out of the cache key: the recipe without noise keeps the key that the documented
+    # runs made from it name (runs/base_models/microworld-llama-071eff60b432); the default's key is in the docs too.
+    plain_recipe = load_config(BaseModelConfig, CONFIGS / "base_model_plain.yaml")
+    assert build_hash(plain_recipe) == "071eff60b432"
+    assert build_hash(load_config(BaseModelConfig, CONFIGS / "base_model.yaml")) == "705f121f0b97"
     noisy_config = config.model_copy(update={"mix": config.mix.model_copy(update={"prompt_noise": 0.5})})
     assert build_hash(noisy_config) != build_hash(config)
 

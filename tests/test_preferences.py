@@ -15,6 +15,7 @@ from safelatent.judges.harm_examples import (
 from safelatent.judges.labeler import OracleLabeler
 from safelatent.judges.preferences import (
     CONSTRUCTION_JUDGE,
+    PairSettings,
     PolicySample,
     PolicySampling,
     microworld_pairs,
@@ -22,6 +23,7 @@ from safelatent.judges.preferences import (
     policy_sample_pairs,
     sample_policy,
     spread_over_kinds,
+    with_varied_prompts,
     wrong_answer_response,
 )
 from safelatent.models.loading import load
@@ -46,6 +48,34 @@ def test_microworld_pairs_follow_the_recipes_and_the_oracle(microworld):
     harmful = [pair for pair in pairs if pair.kind == "harmful"]
     assert all(oracle.harmful_compliance(pair.rejected) and not oracle.harmful_compliance(pair.chosen)
                for pair in harmful)
+
+
+def test_per_recipe_counts_override_the_group_size(microworld):
+    rows = microworld["train"]
+    pairs = microworld_pairs(rows, "train", per_group=5, per_recipe={"correct-vs-wrong": 9})
+    counts = {group: sum(pair.group == group for pair in pairs) for group in {pair.group for pair in pairs}}
+    assert counts.pop("benign/correct-vs-wrong") == 9 and set(counts.values()) == {5}
+    # The other groups draw the same pairs as without the override.
+    assert [pair for pair in pairs if pair.recipe != "correct-vs-wrong"] == [
+        pair for pair in microworld_pairs(rows, "train", per_group=5) if pair.recipe != "correct-vs-wrong"]
+    with pytest.raises(ValueError, match="unknown recipe 'policy-samples'"):
+        PairSettings(train_per_recipe={"policy-samples": 10})
+
+
+def test_varied_prompts_change_the_prompt_surface_only(microworld):
+    pairs = microworld_pairs(microworld["train"], "train", per_group=50)
+    assert with_varied_prompts(pairs, 0.0) == pairs
+    varied = with_varied_prompts(pairs, 1.0, seed=3)
+    assert varied == with_varied_prompts(pairs, 1.0, seed=3) != with_varied_prompts(pairs, 1.0, seed=4)
+    assert all(old.prompt != new.prompt for old, new in zip(pairs, varied, strict=True))  # opener, closer or both
+    for old, new in zip(pairs, varied, strict=True):
+        assert (new.chosen, new.rejected, new.group, new.preference) == (old.chosen, old.rejected, old.group,
+                                                                          old.preference)
+        core = old.prompt.rstrip("?.!")[1:]  # the request itself survives: case of its first letter, mark aside
+        assert core in new.prompt
+    half = with_varied_prompts(pairs, 0.5)
+    assert sum(old.prompt != new.prompt for old, new in zip(pairs, half, strict=True)) == pytest.approx(
+        0.5 * len(pairs), abs=0.15 * len(pairs))
 
 
 def test_test_pairs_hold_out_the_training_prompts_and_are_seeded(microworld):

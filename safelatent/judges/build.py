@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from safelatent import __version__
-from safelatent.config import Config, config_hash, dump_config, load_config
+from safelatent.config import Config, config_hash, data_hash, dump_config, load_config
 from safelatent.data.microworld import MicroWorldConfig, build_microworld
 from safelatent.judges.accuracy import Accuracy, grouped_accuracy
 from safelatent.judges.backbone import FreshBackboneSettings, microworld_texts, write_fresh_backbone
@@ -56,6 +56,7 @@ from safelatent.judges.preferences import (
     microworld_pairs,
     policy_sample_pairs,
     sample_policy,
+    with_varied_prompts,
 )
 from safelatent.judges.reward_model import RewardModelSettings, pairwise_wins, train_reward_model
 from safelatent.models.loading import DeviceName, load
@@ -100,8 +101,14 @@ class JudgesConfig(Config):
 
 
 def content_hash(config: JudgesConfig) -> str:
-    """The config's hash without the output root."""
-    return config_hash(config.model_copy(update={"out_root": ""}))
+    """The config's hash without the output root. Options added after the first builds are left out at their
+    neutral value, so those builds keep their key."""
+    dumped = config.model_copy(update={"out_root": ""}).model_dump(mode="json")
+    if not dumped["pairs"]["prompt_noise"]:
+        del dumped["pairs"]["prompt_noise"]
+    if not dumped["pairs"]["train_per_recipe"]:
+        del dumped["pairs"]["train_per_recipe"]
+    return data_hash(dumped)
 
 
 def build_key(config: JudgesConfig) -> str:
@@ -179,8 +186,9 @@ def _build(config: JudgesConfig, key: str, staging: Path, console: Console, prog
 
     backbone, backbone_info = _backbone(config, staging, train_rows, console, progress)
 
-    pairs = {"train": microworld_pairs(train_rows, "train", config.pairs.train_per_group, seed=config.seed,
-                                       wrong_answers=config.pairs.wrong_answers),
+    train_pairs = microworld_pairs(train_rows, "train", config.pairs.train_per_group, seed=config.seed,
+                                   wrong_answers=config.pairs.wrong_answers, per_recipe=config.pairs.train_per_recipe)
+    pairs = {"train": with_varied_prompts(train_pairs, config.pairs.prompt_noise, seed=config.seed),
              TEST_SPLIT: microworld_pairs(test_rows, TEST_SPLIT, config.pairs.test_per_group, seed=config.seed,
                                           wrong_answers=config.pairs.wrong_answers)}
     examples = {"train": microworld_harm_examples(train_rows, "train", config.harm_examples.train_per_group,

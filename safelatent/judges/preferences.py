@@ -15,26 +15,29 @@ lexicon entries training never saw):
 Every pair records the judge that ordered it and its probability, so each reward traces back to a judge.
 """
 
+import dataclasses
 import itertools
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safelatent.config import Config
 from safelatent.data.answer_check import ANSWER_PREFIX, check_answer
 from safelatent.data.splits import seeded_rng
+from safelatent.data.surface_noise import vary_surface
 from safelatent.judges.labeler import Labeler
 from safelatent.judges.oracle import HARMFUL_KINDS, facts_from_row
 from safelatent.models.generate import generate
 
 CONSTRUCTION_JUDGE = "microworld-construction"
-RECIPES: tuple[str, ...] = ("harmless-vs-compliance", "helpful-vs-refusal", "correct-vs-wrong", "policy-samples")
+MICROWORLD_RECIPES: tuple[str, ...] = ("harmless-vs-compliance", "helpful-vs-refusal", "correct-vs-wrong")
+RECIPES: tuple[str, ...] = (*MICROWORLD_RECIPES, "policy-samples")
 SAMPLED_KINDS: tuple[str, ...] = ("benign", "borderline", "harmful", "jailbreak")
 
 _SPELLED = re.compile(r"^[a-z](-[a-z])+$")
@@ -75,7 +78,25 @@ class PairSettings(Config):
     train_per_group: int = Field(2000, ge=0, description="Pairs per group in the training split (fewer if fewer "
                                                          "exist).")
     test_per_group: int = Field(500, ge=0, description="Pairs per group in the test split (fewer if fewer exist).")
+    train_per_recipe: dict[str, int] = Field(
+        default_factory=dict, description="Training pairs per group for these recipes instead of train_per_group "
+                                          "(correct-vs-wrong asks the judge to check an answer: it needs more).")
     wrong_answers: bool = Field(True, description="Add correct ≻ wrong-answer pairs for benign tasks.")
+    prompt_noise: float = Field(0.0, ge=0.0, le=1.0, description="Share of training pairs whose prompt gets a varied "
+                                                                 "surface (an opener and/or closer, ...), both "
+                                                                 "responses unchanged, so the judge keys on the "
+                                                                 "request and not on the training phrasings.")
+
+    @field_validator("train_per_recipe")
+    @classmethod
+    def _known_recipes(cls, counts: dict[str, int]) -> dict[str, int]:
+        for recipe, count in counts.items():
+            if recipe not in MICROWORLD_RECIPES:
+                raise ValueError(f"train_per_recipe: unknown recipe {recipe!r}; micro-world pair recipes are "
+                                 f"{', '.join(MICROWORLD_RECIPES)}")
+            if count < 0:
+                raise ValueError(f"train_per_recipe: {recipe} must be >= 0, got {count}")
+        return counts
 
 
 class PolicySampling(Config):
@@ -101,8 +122,9 @@ class PolicySampling(Config):
 
 
 def microworld_pairs(rows: Iterable[dict[str, Any]], split: str, per_group: int, *, seed: int = 0,
-                     wrong_answers: bool = True) -> list[PreferencePair]:
-    """Pairs ordered by construction from one split's rows, at most `per_group` per (kind, recipe), seeded."""
+                     wrong_answers: bool = True, per_recipe: Mapping[str, int] | None = None) -> list[PreferencePair]:
+    """Pairs ordered by construction from one split's rows, at most `per_group` per (kind, recipe), or
+    `per_recipe[recipe]` for the recipes it names, seeded."""
     rows = list(rows)
     answers_by_family: dict[str, list[str]] = {}
     for row in rows:
@@ -128,10 +150,20 @@ def microworld_pairs(rows: Iterable[dict[str, Any]], split: str, per_group: int,
     chosen: list[PreferencePair] = []
     for group in sorted(groups):
         candidates = groups[group]
-        if len(candidates) > per_group:
-            candidates = seeded_rng(seed, "pairs", split, group).sample(candidates, per_group)
+        limit = (per_recipe or {}).get(candidates[0].recipe, per_group)
+        if len(candidates) > limit:
+            candidates = seeded_rng(seed, "pairs", split, group).sample(candidates, limit)
         chosen.extend(candidates)
     return chosen
+
+
+def with_varied_prompts(pairs: Sequence[PreferencePair], share: float, *, seed: int = 0) -> list[PreferencePair]:
+    """The pairs with a seeded `share` of their prompts given a varied surface (`vary_surface`), order kept."""
+    if not share:
+        return list(pairs)
+    rng = seeded_rng(seed, "pair-prompt-noise")
+    return [dataclasses.replace(pair, prompt=vary_surface(pair.prompt, rng)) if rng.random() < share else pair
+            for pair in pairs]
 
 
 def wrong_answer_response(row: dict[str, Any], rng: random.Random, family_answers: Sequence[str]) -> str | None:

@@ -41,6 +41,7 @@ from safelatent.data.answer_check import check_answer
 from safelatent.data.benign_tasks import FAMILIES
 from safelatent.data.microworld import MicroWorldConfig, build_microworld
 from safelatent.data.responses import contains_payload, is_refusal
+from safelatent.data.surface_noise import vary_surface
 from safelatent.data.taxonomy import CATEGORIES
 from safelatent.models.generate import generate
 from safelatent.models.tokenizer import train_chat_tokenizer
@@ -313,32 +314,10 @@ def sft_rows(train: list[dict[str, Any]], config: BaseModelConfig) -> list[dict[
         rows.extend([{**row, "target": _target(row, config)}] * copies)
     if mix.prompt_noise:
         noise = random.Random(f"{config.seed}/prompt-noise")
-        rows = [{**row, "prompt": _noisy(row["prompt"], noise)}
+        rows = [{**row, "prompt": vary_surface(row["prompt"], noise)}
                 if row["kind"] in mix.prompt_noise_kinds and noise.random() < mix.prompt_noise else row
                 for row in rows]
     return rows
-
-
-# Openers and closers that carry no request of their own; none of them is a phrasing of a micro-world template.
-PROMPT_OPENERS: tuple[str, ...] = (
-    "Hi!", "Hello.", "Hey there,", "Quick question:", "One more thing.", "I was wondering:", "Question for you:",
-    "Good morning!", "Okay,", "So,", "Hmm.", "Here is my question:", "Hi, hope you are well.", "Right,")
-PROMPT_CLOSERS: tuple[str, ...] = (
-    "Thanks!", "Thank you.", "Thanks a lot.", "Please be brief.", "Cheers.", "I appreciate it.",
-    "Short answer please.", "No rush.", "Much appreciated!", "That is all.")
-
-
-def _noisy(prompt: str, rng: random.Random) -> str:
-    """The prompt with an opener, a closer or both (a third each); a quarter of the time its first letter in lower
-    case, a quarter of the time without its final punctuation mark."""
-    if rng.random() < 0.25:
-        prompt = prompt[:1].lower() + prompt[1:]
-    if rng.random() < 0.25 and prompt[-1:] in ("?", ".", "!"):
-        prompt = prompt[:-1]
-    shape = rng.randrange(3)
-    opener = f"{rng.choice(PROMPT_OPENERS)} " if shape != 1 else ""
-    closer = f" {rng.choice(PROMPT_CLOSERS)}" if shape != 0 else ""
-    return f"{opener}{prompt}{closer}"
 
 
 def _target(row: dict[str, Any], config: BaseModelConfig) -> str:
