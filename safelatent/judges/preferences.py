@@ -79,10 +79,11 @@ class PairSettings(Config):
                                                          "exist).")
     test_per_group: int = Field(500, ge=0, description="Pairs per group in the test split (fewer if fewer exist).")
     train_per_recipe: dict[str, int] = Field(
-        default_factory=dict, description="Training pairs per group for these recipes instead of train_per_group "
-                                          "(correct-vs-wrong asks the judge to check an answer: it needs more).")
+        default_factory=lambda: {"correct-vs-wrong": 8000},
+        description="Training pairs per group for these recipes instead of train_per_group (correct-vs-wrong asks "
+                    "the judge to check an answer: it needs more).")
     wrong_answers: bool = Field(True, description="Add correct ≻ wrong-answer pairs for benign tasks.")
-    prompt_noise: float = Field(0.0, ge=0.0, le=1.0, description="Share of training pairs whose prompt gets a varied "
+    prompt_noise: float = Field(0.5, ge=0.0, le=1.0, description="Share of training pairs whose prompt gets a varied "
                                                                  "surface (an opener and/or closer, ...), both "
                                                                  "responses unchanged, so the judge keys on the "
                                                                  "request and not on the training phrasings.")
