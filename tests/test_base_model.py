@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from safelatent.config import load_config
@@ -71,7 +72,14 @@ def test_vocab_too_small_for_the_byte_alphabet_is_refused():
 @pytest.mark.slow
 def test_tiny_build_is_a_loadable_model_and_is_cached(tmp_path):
     config = load_config(BaseModelConfig, TINY)
-    directory = build_base_model(config, out_root=tmp_path, progress=False)
+    threads = torch.get_num_threads()
+    other = 2 if config.training.threads == 1 else 1
+    torch.set_num_threads(other)
+    try:
+        directory = build_base_model(config, out_root=tmp_path, progress=False)
+        assert torch.get_num_threads() == other, "the build's thread setting leaked into the caller"
+    finally:
+        torch.set_num_threads(threads)
     assert directory == build_dir(config, tmp_path) and directory.parent == tmp_path
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")], "staging directory left behind"
 

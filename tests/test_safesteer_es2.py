@@ -13,8 +13,15 @@ from safelatent.methods.es2 import (
     separation_reference,
 )
 from safelatent.methods.refusal_direction import RefusalDirection
-from safelatent.methods.safesteer import SafeSteerDistiller, base_weights, teacher, vote_safety_tokens
-from safelatent.methods.vocab_divergence import forward_kl
+from safelatent.methods.rollout import sample
+from safelatent.methods.safesteer import (
+    SafeSteerDistiller,
+    base_weights,
+    reply_log_probs,
+    teacher,
+    vote_safety_tokens,
+)
+from safelatent.methods.vocab_divergence import forward_kl, reverse_kl
 from safelatent.models.loading import load
 from safelatent.models.lora import LoraSettings, apply_lora
 
@@ -85,11 +92,24 @@ def test_distillation_moves_the_student_towards_the_teacher_on_the_safety_tokens
     refusal = planted_refusal(model, boosted, scale=4.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     distiller = SafeSteerDistiller(model, tokenizer, refusal, boosted, optimizer, max_new_tokens=6)
+    # The loss of one on-policy step depends on what was sampled; measure on one fixed batch before and after.
+    fixed = sample(model, tokenizer, HARMFUL, max_new_tokens=6, seed=123)
+
+    def safety_token_kl() -> float:
+        model.eval()
+        with torch.no_grad():
+            with teacher(model, refusal, prompt_columns=fixed.prompt_ids.shape[1]):
+                teacher_log = reply_log_probs(model, fixed)
+            student_log = reply_log_probs(model, fixed)
+        return float(reverse_kl(student_log, teacher_log, fixed.response_mask, vocab=torch.tensor(boosted)))
+
+    before = safety_token_kl()
     first = distiller.step(HARMFUL, seed=0)
     for step in range(1, 25):
         last = distiller.step(HARMFUL, seed=step)
-    assert first["loss"] > 0
-    assert last["loss"] < 0.5 * first["loss"]
+    assert first["loss"] > 0 and before > 0
+    after = safety_token_kl()
+    assert after < 0.5 * before
     assert last["first_token_safety_mass/student"] > first["first_token_safety_mass/student"]
     with pytest.raises(ValueError, match="at least one safety token"):
         SafeSteerDistiller(model, tokenizer, refusal, [], optimizer)

@@ -220,7 +220,7 @@ def build_base_model(config: BaseModelConfig, out_root: str | Path | None = None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with _quiet_libraries():
+        with _quiet_libraries(), _torch_threads(config.training.threads):
             report = _build_into(config, staging, progress)
         report["directory"] = str(target)
         (staging / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -255,8 +255,6 @@ def _publish(staging: Path, target: Path) -> None:
 
 def _build_into(config: BaseModelConfig, directory: Path, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
-    if config.training.threads:
-        torch.set_num_threads(config.training.threads)
     _say(progress, f"generating the micro-world (seed {config.microworld.seed})")
     world = build_microworld(config.microworld)
     rows = sft_rows(world["train"].to_list(), config)
@@ -498,6 +496,18 @@ def _rate(flags: list[bool]) -> float | None:
 def _say(enabled: bool, message: str) -> None:
     if enabled:
         _console.print(f"[bold]base model:[/] {message}", highlight=False)
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to `threads` (0: left as they are) for the build, and given back after it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
