@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field, model_validator
 from rich.console import Console
 
@@ -60,6 +59,7 @@ from safelatent.judges.preferences import (
 )
 from safelatent.judges.reward_model import RewardModelSettings, pairwise_wins, train_reward_model
 from safelatent.models.loading import DeviceName, load
+from safelatent.torch_threads import torch_threads
 
 TEST_SPLIT = "test"
 
@@ -137,18 +137,15 @@ def build_judges(config: JudgesConfig, force: bool = False, progress: bool = Tru
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".judges-{key}.", dir=target.parent))
     started = time.perf_counter()
-    threads = torch.get_num_threads()
     try:
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        report = _build(config, key, staging, console, progress)
+        with torch_threads(config.threads):
+            report = _build(config, key, staging, console, progress)
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
         (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
-        torch.set_num_threads(threads)
         if staging.exists():
             shutil.rmtree(staging)
     for line in summary_lines(read_report(target)):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
-from pydantic import Field, field_validator
+from pydantic import Field, NonNegativeInt, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safelatent.config import Config
@@ -78,7 +78,7 @@ class PairSettings(Config):
     train_per_group: int = Field(2000, ge=0, description="Pairs per group in the training split (fewer if fewer "
                                                          "exist).")
     test_per_group: int = Field(500, ge=0, description="Pairs per group in the test split (fewer if fewer exist).")
-    train_per_recipe: dict[str, int] = Field(
+    train_per_recipe: dict[str, NonNegativeInt] = Field(
         default_factory=lambda: {"correct-vs-wrong": 8000},
         description="Training pairs per group for these recipes instead of train_per_group (correct-vs-wrong asks "
                     "the judge to check an answer: it needs more).")
@@ -91,12 +91,10 @@ class PairSettings(Config):
     @field_validator("train_per_recipe")
     @classmethod
     def _known_recipes(cls, counts: dict[str, int]) -> dict[str, int]:
-        for recipe, count in counts.items():
+        for recipe in counts:
             if recipe not in MICROWORLD_RECIPES:
                 raise ValueError(f"train_per_recipe: unknown recipe {recipe!r}; micro-world pair recipes are "
                                  f"{', '.join(MICROWORLD_RECIPES)}")
-            if count < 0:
-                raise ValueError(f"train_per_recipe: {recipe} must be >= 0, got {count}")
         return counts
 
 

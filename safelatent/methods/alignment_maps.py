@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from safelatent.config import Config
+from safelatent.torch_threads import torch_threads
 
 MapName = Literal["ridge", "procrustes", "mlp"]
 
@@ -215,12 +216,8 @@ class MLPMap(AlignmentMap):
 
     def fit(self, source: torch.Tensor, target: torch.Tensor) -> "MLPMap":
         # A network this small trains fastest on one thread; more only contend (badly so on a busy CPU).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             super().fit(source, target)
-        finally:
-            torch.set_num_threads(threads)
         self.anchors = source.detach().float().cpu()
         return self
 

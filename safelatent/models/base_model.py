@@ -45,6 +45,7 @@ from safelatent.data.surface_noise import vary_surface
 from safelatent.data.taxonomy import CATEGORIES
 from safelatent.models.generate import generate
 from safelatent.models.tokenizer import train_chat_tokenizer
+from safelatent.torch_threads import torch_threads
 
 REPORT = "build_report.json"
 CONFIG_FILE = "base_model_config.yaml"
@@ -220,7 +221,7 @@ def build_base_model(config: BaseModelConfig, out_root: str | Path | None = None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with _quiet_libraries(), _torch_threads(config.training.threads):
+        with _quiet_libraries(), torch_threads(config.training.threads):
             report = _build_into(config, staging, progress)
         report["directory"] = str(target)
         (staging / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -496,18 +497,6 @@ def _rate(flags: list[bool]) -> float | None:
 def _say(enabled: bool, message: str) -> None:
     if enabled:
         _console.print(f"[bold]base model:[/] {message}", highlight=False)
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """torch's CPU threads set to `threads` (0: left as they are) for the build, and given back after it."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager
