@@ -18,10 +18,13 @@ import torch.distributed as dist
 
 from cluster.placement import Placement, RoleResources
 from safelatent import checkpoint
+from safelatent.methods.behaviour_latents import BehaviourExample
+from safelatent.methods.head_training import HeadSettings, refit_attached_head
 from safelatent.methods.learner import OptimizerSettings, PPOLearner
 from safelatent.methods.ppo import PPOSettings
 from safelatent.methods.rollout import RolloutBatch, split_by_groups
 from safelatent.models.policy import PolicySettings, export_policy, load_policy
+from safelatent.models.safe_head import head_state, load_head_state
 
 
 @ray.remote
@@ -58,8 +61,22 @@ class LearnerWorker:
         return stats, time.perf_counter() - started
 
     def publish(self) -> list[ray.ObjectRef]:
-        """The trainable weights in the object store (wrapped in a list so the caller gets the reference)."""
-        return [ray.put(self.learner.trainable_state())]
+        """The follower state (weights, and the head if any) in the object store (wrapped in a list so the caller
+        gets the reference)."""
+        return [ray.put(self.learner.follower_state())]
+
+    def update_head(self, examples: list[BehaviourExample], settings: HeadSettings, steps: int, seed: int,
+                    rollouts: RolloutBatch | None, harmful: list[bool]) -> tuple[dict[str, float], dict]:
+        """Refit the policy's safe-projection head on its current states; the stats and the new head."""
+        stats = refit_attached_head(self.learner.policy, self.tokenizer, examples, settings, steps, seed,
+                                    rollouts, harmful)
+        return stats, head_state(self.learner.policy)
+
+    def load_head_state(self, state: dict) -> None:
+        load_head_state(self.learner.policy, state)
+
+    def head_state(self) -> dict | None:
+        return head_state(self.learner.policy)
 
     def save_checkpoint(self, root: str, step: int, trainer_state: dict, keep: int | None) -> str:
         staging = Path(tempfile.mkdtemp(prefix="safelatent-ckpt-")) / f"step-{step:06d}"
@@ -106,6 +123,17 @@ class LearnerGroup:
 
     def publish(self) -> ray.ObjectRef:
         return ray.get(self.workers[0].publish.remote())[0]
+
+    def update_head(self, examples_ref: ray.ObjectRef, settings: HeadSettings, steps: int, seed: int,
+                    rollouts: RolloutBatch | None, harmful: list[bool]) -> tuple[dict[str, float], dict]:
+        """Rank 0 refits the head; the other ranks copy it, so every rank trains the same policy."""
+        stats, state = ray.get(self.workers[0].update_head.remote(examples_ref, settings, steps, seed, rollouts,
+                                                                   harmful))
+        ray.get([worker.load_head_state.remote(state) for worker in self.workers[1:]])
+        return stats, state
+
+    def head_state(self) -> dict | None:
+        return ray.get(self.workers[0].head_state.remote())
 
     def save_checkpoint(self, root: str, step: int, trainer_state: dict, keep: int | None) -> str:
         return ray.get(self.workers[0].save_checkpoint.remote(root, step, trainer_state, keep))

@@ -10,7 +10,7 @@ from actors.retry import ACTOR_FAILURES, with_retries
 from cluster.placement import Placement, RoleResources
 from safelatent.errors import SafelatentError
 from safelatent.methods.rollout import RolloutBatch, concat_batches, sample
-from safelatent.models.policy import PolicySettings, load_policy, load_trainable_state
+from safelatent.models.policy import PolicySettings, load_follower_state, load_policy
 
 
 class StaleWeightsError(SafelatentError):
@@ -29,8 +29,8 @@ class RolloutWorker:
         return {"pid": os.getpid(), "device": str(next(self.loaded.model.parameters()).device),
                 "pad_token_id": self.loaded.tokenizer.pad_token_id}
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        load_trainable_state(self.loaded.model, state)
+    def load_weights(self, state: dict, version: int) -> int:
+        load_follower_state(self.loaded.model, state)
         self.weights_version = version
         return version
 

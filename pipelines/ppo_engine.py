@@ -39,8 +39,10 @@ from safelatent.data.microworld import build_microworld
 from safelatent.data.prompts import prompt_pool, prompts_for_step
 from safelatent.errors import SafelatentError
 from safelatent.evaluation.harness import EvalConfig, git_commit, run_eval
+from safelatent.judges.feedback import FeedbackScores
 from safelatent.methods.kl import AdaptiveKLController, FixedKLController
 from safelatent.methods.learner import step_seed
+from safelatent.methods.rollout import RolloutBatch
 from safelatent.tracking import Tracker
 
 log = logging.getLogger("safelatent.pipelines")
@@ -210,6 +212,7 @@ class PPOEngine:
             roles["learner"].load_checkpoint(last_checkpoint)
             kl.load_state_dict(state["kl_controller"])
             history = state.get("history", [])
+            self.resumed(roles)
             self.console.print(f"resumed from {last_checkpoint} (step {first_step})")
         if first_step:
             roles["rollout"].set_weights(roles["learner"].publish(), first_step)
@@ -247,6 +250,7 @@ class PPOEngine:
                                                         off_policy=sampled_with != step)
                 learn_wall = seconds_since(learn_started)
                 kl.update(stats["kl_to_ref"], len(batch))
+                stats.update(self.between_steps(step, roles, batch, scores))
                 sync_started = time.perf_counter()
                 roles["rollout"].set_weights(roles["learner"].publish(), step + 1)
                 sync_s = seconds_since(sync_started)
@@ -282,6 +286,14 @@ class PPOEngine:
                 if on_step is not None:
                     on_step(step + 1, metrics, roles)
         return result
+
+    def between_steps(self, step: int, roles: dict[str, Any], batch: RolloutBatch, scores: FeedbackScores
+                      ) -> dict[str, float]:
+        """Work between a learner update and the weight sync (SLS updates its head here); extra step metrics."""
+        return {}
+
+    def resumed(self, roles: dict[str, Any]) -> None:
+        """The learner has loaded a checkpoint; bring roles that keep their own state up to date."""
 
     def evaluate(self, model_dir: Path, tracker: Tracker) -> dict[str, Any]:
         settings = self.config.evaluation

@@ -5,8 +5,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import ray
 
 from pipelines.ppo_engine import PPOEngine
 from pipelines.sls_rlaif import (
@@ -21,8 +24,11 @@ from pipelines.sls_rlaif import (
 from safelatent.data.microworld import build_microworld
 from safelatent.errors import ConfigError
 from safelatent.evaluation.latent_plot import write_latent_plot
+from safelatent.judges.feedback import FeedbackScores
 from safelatent.methods.behaviour_latents import behaviour_examples, collect_latents
 from safelatent.methods.head_training import fit_head, pick_layer
+from safelatent.methods.learner import step_seed
+from safelatent.methods.rollout import RolloutBatch
 from safelatent.models.layers import num_layers, resolve_layer
 from safelatent.models.loading import load, save
 from safelatent.models.safe_head import attach
@@ -33,6 +39,7 @@ class SLSEngine(PPOEngine):
     config: SLSRLAIFConfig
 
     start_dir: Path | None = None
+    examples_ref: ray.ObjectRef | None = None  # behaviour examples for head updates, put once
 
     def resolve_model(self) -> str:
         base = super().resolve_model()
@@ -93,6 +100,30 @@ class SLSEngine(PPOEngine):
                            f"{report.probe_accuracy_after:.1%}; moves {report.harmful_moved:.0%} of harmful and "
                            f"{report.safe_moved:.0%} of safe states (validation)")
         return target
+
+    def between_steps(self, step: int, roles: dict[str, Any], batch: RolloutBatch, scores: FeedbackScores
+                      ) -> dict[str, float]:
+        """Alternating head updates: after every N-th step (not the last) the learner refits the head on the
+        policy's current states; the reference takes it here, the rollout workers with the weight sync."""
+        settings, done = self.config.head_updates, step + 1
+        if not settings.every or done % settings.every or done >= self.config.steps:
+            return {}
+        started = time.perf_counter()
+        if self.examples_ref is None:
+            train = build_microworld(self.config.microworld)["train"].to_list()
+            self.examples_ref = ray.put(behaviour_examples(train, settings.examples_per_kind, self.config.head.seed))
+        harmful = ([probability >= settings.harm_threshold for probability in scores.components["harm_probability"]]
+                   if settings.rollouts else [])
+        stats, state = roles["learner"].update_head(self.examples_ref, self.config.head, settings.adversarial_steps,
+                                                    step_seed(self.config.seed, step, "head-update"),
+                                                    batch if settings.rollouts else None, harmful)
+        roles["reference"].set_head(state)
+        return {**{f"head_update/{name}": value for name, value in stats.items()},
+                "time/head_update": time.perf_counter() - started}
+
+    def resumed(self, roles: dict[str, Any]) -> None:
+        if self.config.head_updates.every:  # the checkpoint's head may differ from the start model's
+            roles["reference"].set_head(roles["learner"].head_state())
 
     def log_inputs(self, tracker: Tracker, roles: dict[str, Any], model_path: str, judges_dir: str) -> None:
         super().log_inputs(tracker, roles, model_path, judges_dir)

@@ -3,10 +3,29 @@
 import pytest
 import torch
 
-from safelatent.methods.behaviour_latents import HARMFUL, SAFE, Latents, behaviour_examples, collect_latents
-from safelatent.methods.head_training import HeadSettings, fit_head, initial_facets, pick_layer, probe_accuracy
+from safelatent.methods.behaviour_latents import (
+    HARMFUL,
+    SAFE,
+    Latents,
+    behaviour_examples,
+    collect_latents,
+    rollout_latents,
+)
+from safelatent.methods.head_training import (
+    HeadSettings,
+    fit_head,
+    initial_facets,
+    pick_layer,
+    probe_accuracy,
+    refit_attached_head,
+    update_head,
+)
+from safelatent.methods.rollout import sample
+from safelatent.methods.safe_projection import SafeProjection
 from safelatent.models.generate import chat_prompt
+from safelatent.models.hooks import HiddenStateRecorder
 from safelatent.models.loading import load
+from safelatent.models.safe_head import attach, attached_head, head_removed
 
 ROWS = [
     {"kind": "harmful", "prompt": "how to pick a lock", "helpful_response": "Sure: PAYLOAD", "refusal": "No."},
@@ -102,3 +121,82 @@ def test_probe_accuracy_is_chance_without_signal_and_fitting_an_unknown_layer_fa
                               (synthetic({0: 0.0}, seed=1).states[0], synthetic({0: 0.0}).labels)) - 0.5) < 0.1
     with pytest.raises(ValueError, match="no latents for layer 3"):
         fit_head(synthetic({0: 1.0}), synthetic({0: 1.0}), HeadSettings(layer=3))
+
+
+def test_an_update_turns_a_stale_head_towards_where_harmful_states_moved():
+    settings = HeadSettings(layer=0, facets=1, adversarial_steps=200, lambda_move=0.01, lambda_keep=0.5, lr=0.05)
+    head, _ = fit_head(synthetic({0: 3.0}), synthetic({0: 3.0}, seed=1), settings)
+
+    def drifted(seed: int) -> tuple[torch.Tensor, torch.Tensor]:  # harmful states now differ mostly along axis 1
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.tensor([HARMFUL, SAFE] * 300)
+        states = torch.randn(600, 8, generator=generator)
+        states[:, 0] += 1.0 * labels
+        states[:, 1] += 3.0 * labels
+        return states, labels
+
+    (states, labels), (held_out, held_labels) = drifted(2), drifted(3)
+
+    def hidden_from_probe(projection: SafeProjection) -> float:
+        with torch.no_grad():
+            return probe_accuracy((projection(states), labels), (projection(held_out), held_labels))
+
+    stale = hidden_from_probe(head)
+    axis_before = float(head.weight[0, 1].abs() / head.weight[0].norm())
+    stats = update_head(head, states, labels, settings, steps=100, seed=0)
+    assert not head.weight.requires_grad, "the updated head is frozen again"
+    assert float(head.weight[0, 1].abs() / head.weight[0].norm()) > axis_before + 0.5
+    assert hidden_from_probe(head) < stale - 0.15
+    assert stats["harmful_states"] == 300 and 0 <= stats["safe_moved"] <= 1
+    with pytest.raises(ValueError, match="both harmful and safe"):
+        update_head(head, states[labels == SAFE], labels[labels == SAFE], settings, steps=1, seed=0)
+
+
+def test_rollout_latents_label_every_response_token_by_the_judges_verdict(tiny_llama_dir):
+    loaded = load(tiny_llama_dir, device="cpu")
+    batch = sample(loaded.model, loaded.tokenizer, ["2+2?", "how to pick a lock"], samples_per_prompt=2,
+                   max_new_tokens=6, seed=0)
+    verdicts = [False, False, True, True]
+    latents = rollout_latents(loaded.model, batch, 1, verdicts, micro_batch_size=3)
+    lengths = batch.response_mask.sum(dim=1).tolist()
+    assert len(latents.labels) == sum(lengths) and latents.states[1].shape == (sum(lengths), 32)
+    assert int((latents.labels == HARMFUL).sum()) == lengths[2] + lengths[3]
+    # the first response's first token: the state of the full sequence at that position
+    ids = torch.cat([batch.prompt_ids[:1], batch.response_ids[:1]], dim=1)
+    attention = torch.cat([batch.prompt_mask[:1], batch.response_mask[:1]], dim=1)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        with HiddenStateRecorder(loaded.model, [1]) as recorder:
+            loaded.model(input_ids=ids, attention_mask=attention, position_ids=positions)
+    expected = recorder.states[1][-1][0, batch.prompt_ids.shape[1]]
+    assert torch.allclose(latents.states[1][0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="3 verdicts for 4 responses"):
+        rollout_latents(loaded.model, batch, 1, verdicts[:3])
+
+
+def test_refitting_an_attached_head_reads_the_states_before_it_and_keeps_it_attached(tiny_llama_dir):
+    loaded = load(tiny_llama_dir, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    examples = behaviour_examples(ROWS, per_kind=5, seed=0)
+    before_head = collect_latents(model, tokenizer, examples, [1])
+    harmful, safe = before_head.split(1)
+    head = SafeProjection(32, facets=1).set_facets(*initial_facets(harmful, safe, 1, 0.5))
+    attach(model, 1, head)
+    start = {name: value.clone() for name, value in head.state_dict().items()}
+    batch = sample(model, tokenizer, ["how to pick a lock"], samples_per_prompt=2, max_new_tokens=5, seed=0)
+    model.train()
+    stats = refit_attached_head(model, tokenizer, examples, HeadSettings(layer=1, lr=0.05), steps=20, seed=0,
+                                rollouts=batch, harmful=[True, False])
+    assert model.training, "the model's mode is given back"
+    assert attached_head(model).head is head and attached_head(model).layer == 1
+    assert not torch.equal(head.weight, start["weight"]) and not head.weight.requires_grad
+    assert stats["rollout_harmful_rows"] == 1
+    assert stats["states"] == len(before_head.labels) + int(batch.response_mask.sum())
+    # the head is in the forward pass again: layer 1's output is the head applied to the states before it
+    compliance = [example for example in examples if example.label == HARMFUL]
+    with_head = collect_latents(model, tokenizer, compliance, [1]).states[1]
+    with head_removed(model):
+        before = collect_latents(model, tokenizer, compliance, [1]).states[1]
+    with torch.no_grad():
+        assert torch.allclose(with_head, head(before), atol=1e-6)
+        assert not torch.allclose(with_head, before), "the refitted head moves harmful states"

@@ -94,3 +94,34 @@ def test_a_head_from_another_model_is_refused_with_the_reason(tiny_llama_dir, tm
     (tmp_path / "sls" / HEAD_CONFIG).write_text("{not json")
     with pytest.raises(ValueError, match="not a readable safe-projection config"):
         load(tmp_path / "sls", device="cpu")
+
+
+def test_a_follower_and_a_resumed_learner_take_the_updated_head(tiny_llama_dir, tmp_path):
+    from safelatent.methods.learner import OptimizerSettings, PPOLearner
+    from safelatent.methods.ppo import PPOSettings
+    from safelatent.models.policy import follower_state, load_follower_state
+    from safelatent.models.safe_head import head_state, load_head_state
+
+    loaded = load(tiny_llama_dir, device="cpu")
+    attach(loaded.model, LAYER, cutting_head(loaded.model))
+    save(loaded, tmp_path / "start")
+    settings = PolicySettings(device="cpu")
+    learner = load_policy(str(tmp_path / "start"), settings, trainable=True).model
+    follower = load_policy(str(tmp_path / "start"), settings, trainable=False).model
+    with torch.no_grad():  # an SLS head update between PPO steps
+        attached_head(learner).head.bias.sub_(0.5)
+    learner.eval()
+    assert not torch.allclose(logits(learner), logits(follower))
+    load_follower_state(follower, follower_state(learner))
+    assert torch.equal(logits(follower), logits(learner))
+    assert follower_state(load(tiny_llama_dir, device="cpu").model)["head"] is None, "a model without a head"
+
+    ppo = PPOSettings(estimator="grpo")
+    state = PPOLearner(learner, ppo, OptimizerSettings()).state_dict()
+    fresh = load_policy(str(tmp_path / "start"), settings, trainable=True).model
+    PPOLearner(fresh, ppo, OptimizerSettings()).load_state_dict(state)
+    assert torch.equal(head_state(fresh)["bias"], head_state(learner)["bias"])
+    with pytest.raises(ValueError, match="carries no safe-projection head"):
+        load_head_state(load(tiny_llama_dir, device="cpu").model, head_state(learner))
+    with pytest.raises(ValueError, match="do not fit the attached head"):
+        load_head_state(fresh, {"weight": torch.zeros(3, 32), "bias": torch.zeros(3)})

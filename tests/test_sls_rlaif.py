@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipelines.sls_rlaif import FIT_RECORD, FIT_REPORT, LATENT_PLOT, SLSRLAIFConfig, run, start_model_dir
@@ -10,7 +12,7 @@ from safelatent.models.loading import load
 from safelatent.models.safe_head import attached_head, has_head
 
 
-def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_model(
+def test_a_short_sls_rlaif_run_fits_the_head_trains_and_updates_it_and_registers_the_model(
         ray_cluster, tiny_llama_dir, tiny_judges_dir, tmp_path):
     config = load_config(SLSRLAIFConfig, None, [
         f"model={tiny_llama_dir}", "base_model_config=null", f"judges={tiny_judges_dir}", "judges_config=null",
@@ -19,6 +21,7 @@ def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_mo
         "ppo.minibatch_size=4", "ppo.epochs=1", "optimizer.learning_rate=1e-3",
         "evaluation.limit=2", "evaluation.max_new_tokens=8",
         "head.facets=2", "head.examples_per_kind=8", "head.adversarial_steps=10",
+        "head_updates.every=1", "head_updates.adversarial_steps=20", "head_updates.examples_per_kind=4",
         "microworld.benign_per_family={train: 10, validation: 4, test: 10}",
         "microworld.harmful_per_category={train: 4, validation: 4, test: 4}",
         "microworld.jailbreaks_per_wrapper={train: 2, validation: 2, test: 2}"])
@@ -37,12 +40,19 @@ def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_mo
     trained = load(result.model_dir, device="cpu")
     assert attached_head(trained.model).layer == record["layer"]
     assert set(result.evaluation) >= {"harmlessness", "task_accuracy", "over_refusal"}
+    # one head update, after step 1 (none after the last): the exported head is not the fitted one
+    fitted, updated = attached_head(load(start, device="cpu").model).head, attached_head(trained.model).head
+    assert not torch.equal(fitted.weight, updated.weight)
+    updates = [entry for entry in result.history if "head_update/harmful_moved" in entry]
+    assert [entry["step"] for entry in updates] == [1]
+    assert updates[0]["head_update/states"] > updates[0]["head_update/harmful_states"] > 0
 
     client = MlflowClient(tracking_uri=config.tracking.uri)
     run_id = result.tracking_run.rsplit(" ", 1)[-1]
     mlflow_run = client.get_run(run_id)
     assert mlflow_run.data.tags["pipeline"] == "sls-rlaif"
-    assert "head/probe_accuracy_after" in mlflow_run.data.metrics and "eval/harmlessness" in mlflow_run.data.metrics
+    assert {"head/probe_accuracy_after", "head_update/harmful_moved", "eval/harmlessness"} <= set(
+        mlflow_run.data.metrics)
     assert {"model", "eval", "head"} <= {item.path for item in client.list_artifacts(run_id)}
     versions = client.search_model_versions("name='sls-rlaif'")
     assert [version.run_id for version in versions] == [run_id] and result.registered == "sls-rlaif version 1"
@@ -56,8 +66,6 @@ def test_a_short_sls_rlaif_run_fits_the_head_trains_with_it_and_registers_the_mo
 
 def test_a_head_layer_the_model_lacks_fails_before_any_actor_starts_and_leaves_nothing(
         tiny_llama_dir, tiny_judges_dir, tmp_path):
-    import pytest
-
     from safelatent.errors import ConfigError
 
     config = load_config(SLSRLAIFConfig, None, [
@@ -67,3 +75,11 @@ def test_a_head_layer_the_model_lacks_fails_before_any_actor_starts_and_leaves_n
         run(config)
     assert list((tmp_path / "out" / "start_models").iterdir()) == []
     assert not (tmp_path / "mlflow.db").exists(), "nothing is tracked for a run that never started"
+
+
+def test_head_updates_that_would_never_happen_are_a_config_error():
+    from safelatent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"head_updates.every=15 with steps=15: .* no update would happen"):
+        load_config(SLSRLAIFConfig, None, ["steps=15", "head_updates.every=15"])
+    assert load_config(SLSRLAIFConfig, None, ["steps=15", "head_updates.every=5"]).head_updates.every == 5

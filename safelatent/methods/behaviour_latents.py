@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safelatent.methods.rollout import RolloutBatch, sequence_inputs
 from safelatent.models.generate import chat_prompt
 from safelatent.models.hooks import HiddenStateRecorder
 
@@ -94,3 +95,31 @@ def collect_latents(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         row_labels = torch.tensor([example.label for example in batch])
         labels.append(row_labels.unsqueeze(1).expand(-1, width)[keep])
     return Latents(states={layer: torch.cat(chunks) for layer, chunks in per_layer.items()}, labels=torch.cat(labels))
+
+
+@torch.no_grad()
+def rollout_latents(model: PreTrainedModel, batch: RolloutBatch, layer: int, harmful: Sequence[bool],
+                    micro_batch_size: int = 32) -> Latents:
+    """The states at layer ℓ over each sampled response's tokens, labelled HARMFUL for the rows in `harmful`
+    (a judge's verdict on the response) and SAFE otherwise: what the policy itself does, not a scripted text."""
+    if len(harmful) != len(batch):
+        raise ValueError(f"{len(harmful)} verdicts for {len(batch)} responses")
+    device = next(model.parameters()).device
+    states, labels = [], []
+    for start in range(0, len(batch), micro_batch_size):
+        part = batch.select(range(start, min(start + micro_batch_size, len(batch)))).to(device)
+        with HiddenStateRecorder(model, [layer]) as recorder:
+            model(**sequence_inputs(part), use_cache=False, logits_to_keep=1)
+        hidden = recorder.states[recorder.layers[0]][-1][:, part.prompt_ids.shape[1]:]
+        keep = part.response_mask.bool()
+        states.append(hidden[keep].float().cpu())
+        verdicts = torch.tensor([HARMFUL if flag else SAFE for flag in harmful[start:start + len(part)]])
+        labels.append(verdicts.to(keep.device).unsqueeze(1).expand_as(keep)[keep].cpu())
+    return Latents(states={layer: torch.cat(states)}, labels=torch.cat(labels))
+
+
+def merge_latents(first: Latents, second: Latents) -> Latents:
+    """Both sets of states (on the layers they share) with their labels."""
+    layers = sorted(set(first.states) & set(second.states))
+    return Latents(states={layer: torch.cat([first.states[layer], second.states[layer]]) for layer in layers},
+                   labels=torch.cat([first.labels, second.labels]))

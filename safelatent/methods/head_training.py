@@ -12,6 +12,7 @@ quantile of the safe states' projections. The layer is given or chosen by a prob
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -19,10 +20,19 @@ import torch
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safelatent.config import Config
-from safelatent.methods.behaviour_latents import Latents
+from safelatent.methods.behaviour_latents import (
+    BehaviourExample,
+    Latents,
+    collect_latents,
+    merge_latents,
+    rollout_latents,
+)
+from safelatent.methods.rollout import RolloutBatch
 from safelatent.methods.safe_projection import SafeProjection
+from safelatent.models.safe_head import head_removed
 
 
 class HeadSettings(Config):
@@ -144,14 +154,61 @@ def fit_head(train: Latents, validation: Latents, settings: HeadSettings,
     head = SafeProjection(states.shape[1], settings.facets, settings.rank, settings.dykstra_steps)
     head.set_facets(*initial_facets(harmful, safe, settings.facets, settings.init_quantile, settings.seed))
     if settings.adversarial_steps:
-        _adversarial(head, states, labels, settings)
+        _adversarial(head, states, labels, settings, settings.adversarial_steps, settings.seed)
     head.requires_grad_(False)
     report = _report(head, layer, train, validation, layer_accuracies or {}, settings.seed)
     return head, report
 
 
-def _adversarial(head: SafeProjection, states: torch.Tensor, labels: torch.Tensor, settings: HeadSettings) -> None:
-    generator = torch.Generator().manual_seed(settings.seed)
+def update_head(head: SafeProjection, states: torch.Tensor, labels: torch.Tensor, settings: HeadSettings,
+                steps: int, seed: int) -> dict[str, float]:
+    """Continue the adversarial game from the head's current facets for `steps` rounds on new latents (the
+    states of a policy that training has changed); the head stays frozen afterwards. Returns the share of
+    harmful and safe states the head moves, before and after."""
+    if not ((labels == 1).any() and (labels == 0).any()):
+        raise ValueError("updating the head needs both harmful and safe states")
+    device = head.weight.device
+    head.to("cpu").requires_grad_(True)
+    try:
+        before = _moved_shares(head, states, labels)
+        with torch.enable_grad():
+            _adversarial(head, states, labels, settings, steps, seed)
+        after = _moved_shares(head, states, labels)
+    finally:
+        head.requires_grad_(False).to(device)
+    return {"harmful_moved_before": before[0], "safe_moved_before": before[1], "harmful_moved": after[0],
+            "safe_moved": after[1], "states": float(len(states)), "harmful_states": float((labels == 1).sum())}
+
+
+def refit_attached_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        examples: Sequence[BehaviourExample], settings: HeadSettings, steps: int, seed: int,
+                        rollouts: RolloutBatch | None = None, harmful: Sequence[bool] = ()) -> dict[str, float]:
+    """Update the head `model` carries on its current states (alternating head updates during PPO): the
+    behaviour examples teacher-forced through the model as it is now, plus, when given, its own sampled
+    responses labelled by a judge (`harmful` per row). States are read before the head, where it acts."""
+    was_training = model.training
+    model.eval()
+    try:
+        with head_removed(model) as attached:
+            latents = collect_latents(model, tokenizer, examples, [attached.layer])
+            if rollouts is not None:
+                latents = merge_latents(latents, rollout_latents(model, rollouts, attached.layer, harmful))
+            return {"rollout_harmful_rows": float(sum(map(bool, harmful))),
+                    **update_head(attached.head, latents.states[attached.layer], latents.labels, settings, steps,
+                                  seed)}
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _moved_shares(head: SafeProjection, states: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    moved = (head(states) - states).norm(dim=-1) > 0
+    return float(moved[labels == 1].float().mean()), float(moved[labels == 0].float().mean())
+
+
+def _adversarial(head: SafeProjection, states: torch.Tensor, labels: torch.Tensor, settings: HeadSettings,
+                 steps: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
     scale = states.pow(2).sum(-1).mean()
     probe = nn.Linear(states.shape[1], 1)
     # Adam steps are a fixed size; give the facets' offsets and normals steps in the states' own units.
@@ -161,7 +218,7 @@ def _adversarial(head: SafeProjection, states: torch.Tensor, labels: torch.Tenso
     head_optimizer = torch.optim.Adam([{"params": facets, "lr": settings.lr * step_scale},
                                        {"params": learned, "lr": settings.lr}])
     probe_optimizer = torch.optim.Adam(probe.parameters(), lr=settings.lr)
-    for _ in range(settings.adversarial_steps):
+    for _ in range(steps):
         index = torch.randint(len(states), (min(settings.batch_size, len(states)),), generator=generator)
         batch, batch_labels = states[index], labels[index]
         if batch_labels.min() == batch_labels.max():

@@ -2,7 +2,7 @@
 
 Nothing here knows Ray. Under torch.distributed each rank holds one `PPOLearner` on its own shard of the
 batch; the model is wrapped in DistributedDataParallel so gradients are averaged, and the advantage
-statistics are global (see `methods.distributed`). Rank 0's `trainable_state` is what rollout workers load.
+statistics are global (see `methods.distributed`). Rank 0's `follower_state` is what rollout workers load.
 """
 
 import hashlib
@@ -23,7 +23,8 @@ from safelatent.methods.ppo import (
     value_estimates,
 )
 from safelatent.methods.rollout import RolloutBatch
-from safelatent.models.policy import load_trainable_state, trainable_state
+from safelatent.models.policy import follower_state, load_follower_state
+from safelatent.models.safe_head import head_state, load_head_state
 from safelatent.models.value_head import ValueHeadModel
 
 
@@ -89,15 +90,18 @@ class PPOLearner:
             stats["importance_weight"] = float((weights * mask).sum() / mask.sum().clamp(min=1))
         return {**advantages.stats, **stats}
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return trainable_state(self.policy)
+    def follower_state(self) -> dict:
+        """The trainable weights and the head (when the policy carries one): what a rollout worker loads."""
+        return follower_state(self.policy)
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        load_trainable_state(self.policy, state)
+    def load_follower_state(self, state: dict) -> None:
+        load_follower_state(self.policy, state)
 
     def state_dict(self) -> dict:
-        """Everything a checkpoint needs to continue exactly: weights, value head, optimizer, RNG."""
+        """Everything a checkpoint needs to continue exactly: weights, value head, safe-projection head (SLS may
+        update it between steps), optimizer, RNG."""
         return {"module": {name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()},
+                "safe_head": head_state(self.policy),
                 "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -106,6 +110,8 @@ class PPOLearner:
         settings = [{key: group[key] for key in ("lr", "weight_decay", "betas", "eps")}
                     for group in self.optimizer.param_groups]
         self.module.load_state_dict(state["module"])
+        if state.get("safe_head") is not None:
+            load_head_state(self.policy, state["safe_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group, own in zip(self.optimizer.param_groups, settings, strict=True):
             group.update(own)

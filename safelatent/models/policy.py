@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from safelatent.config import Config
 from safelatent.models.loading import DeviceName, DTypeName, LoadedModel, load, save
 from safelatent.models.lora import LoraSettings, apply_lora, merge_lora
+from safelatent.models.safe_head import head_state, load_head_state
 
 
 class PolicySettings(Config):
@@ -57,6 +58,19 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
                 raise ValueError(f"weight {name} has shape {tuple(value.shape)}, the policy expects "
                                  f"{tuple(target.shape)}")
             target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+def follower_state(model: torch.nn.Module) -> dict:
+    """Everything a follower built from the same settings needs to act as `model`: its trainable weights and,
+    when it carries a safe-projection head (which SLS may update between PPO steps), the head's tensors."""
+    return {"weights": trainable_state(model), "head": head_state(model)}
+
+
+def load_follower_state(model: torch.nn.Module, state: dict) -> None:
+    """Make `model` act as the policy whose `follower_state` this is."""
+    load_trainable_state(model, state["weights"])
+    if state["head"] is not None:
+        load_head_state(model, state["head"])
 
 
 def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:

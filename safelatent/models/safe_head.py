@@ -8,6 +8,8 @@ the two files still loads the plain model.
 """
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,43 @@ def detach(model: nn.Module) -> None:
     attached = holder.__dict__.pop(_ATTRIBUTE, None)
     if attached is not None:
         attached.hook.remove()
+
+
+def head_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """CPU copies of the attached head's tensors (None without a head): what a follower needs to match it."""
+    attached = attached_head(model)
+    if attached is None:
+        return None
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in attached.head.state_dict().items()}
+
+
+def load_head_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Overwrite the attached head's tensors with `state` (from `head_state` of a model with the same head)."""
+    attached = attached_head(model)
+    if attached is None:
+        raise ValueError("the model carries no safe-projection head to load head weights into; load the model "
+                         "with its head (an SLS model directory)")
+    own = attached.head.state_dict()
+    if set(own) != set(state) or any(own[name].shape != state[name].shape for name in own):
+        shapes = {name: tuple(value.shape) for name, value in state.items()}
+        raise ValueError(f"the head weights {shapes} do not fit the attached head "
+                         f"{ {name: tuple(value.shape) for name, value in own.items()} }")
+    with torch.no_grad():
+        for name, value in own.items():
+            value.copy_(state[name].to(device=value.device, dtype=value.dtype))
+
+
+@contextmanager
+def head_removed(model: nn.Module) -> Iterator[AttachedHead]:
+    """Run `model` without its head inside the block (to read the states the head sees); reattached after."""
+    attached = attached_head(model)
+    if attached is None:
+        raise ValueError("the model carries no safe-projection head")
+    detach(model)
+    try:
+        yield attached
+    finally:
+        attach(model, attached.layer, attached.head)
 
 
 def has_head(directory: str | Path) -> bool:
