@@ -154,7 +154,7 @@ def test_two_ddp_lora_learners_with_async_rollout_stay_in_sync(ray_cluster, make
     weights = []
 
     def compare_ranks(step, metrics, roles):
-        states = [ray.get(ray.get(worker.publish.remote())[0]) for worker in roles["learner"].workers]
+        states = [ray.get(ray.get(worker.publish.remote())[0])["weights"] for worker in roles["learner"].workers]
         weights.append(all(torch.equal(states[0][name], states[1][name]) for name in states[0]))
 
     result = run(make_config("resources.learners=2", "resources.rollout_workers=2", "rollout.async_rollout=true",
