@@ -165,9 +165,8 @@ def test_rollout_latents_label_every_response_token_by_the_judges_verdict(tiny_l
     ids = torch.cat([batch.prompt_ids[:1], batch.response_ids[:1]], dim=1)
     attention = torch.cat([batch.prompt_mask[:1], batch.response_mask[:1]], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    with torch.no_grad():
-        with HiddenStateRecorder(loaded.model, [1]) as recorder:
-            loaded.model(input_ids=ids, attention_mask=attention, position_ids=positions)
+    with torch.no_grad(), HiddenStateRecorder(loaded.model, [1]) as recorder:
+        loaded.model(input_ids=ids, attention_mask=attention, position_ids=positions)
     expected = recorder.states[1][-1][0, batch.prompt_ids.shape[1]]
     assert torch.allclose(latents.states[1][0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="3 verdicts for 4 responses"):
