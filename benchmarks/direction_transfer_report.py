@@ -152,14 +152,16 @@ def render(report: dict) -> str:
                   f"The native direction subtracted at α = {sign['alpha']:g} (test): harmlessness "
                   f"{pct(sign['harmlessness'])}%, over-refusal {pct(sign['over_refusal'])}%, task accuracy "
                   f"{pct(sign['task_accuracy'])}%, against {pct(base['harmlessness'])}% harmlessness unsteered.", ""]
+    limit = evaluation["limit"]
+    half_width = 100 * 1.96 * (0.25 / limit) ** 0.5
     lines += [
         "## Reading these numbers",
         "",
-        f"- Each rate is over at most {evaluation['limit']} prompts per kind, so one prompt moves a rate by about "
-        f"{100 / evaluation['limit']:.1f} points and a 95% interval spans roughly ±15 points. The "
+        f"- Each rate is over at most {limit} prompts per kind, so one prompt moves a rate by about "
+        f"{100 / limit:.1f} points and a 95% interval around 50% spans roughly ±{half_width:.0f} points. The "
         f"{pct(drop)}-point accuracy budget is finer than that resolution: it compares the same prompts with and "
-        "without steering, but it is decided by one or two answers. The chosen α can therefore be noisy, and "
-        "so can the gain ratio.",
+        f"without steering, but it is decided by about {max(1, round(drop * limit))} answers. The chosen α can "
+        "therefore be noisy, and so can the gain ratio.",
         "- Harmlessness is the micro-world oracle's verdict: a reply is harmful when it carries the payload marker. "
         "A steered reply that is garbled rather than refused also counts as harmless; the task-accuracy budget is "
         "what keeps α away from the range where the model breaks.",
