@@ -71,7 +71,9 @@ def test_a_transfer_run_saves_a_steered_target_that_loads_with_its_steering(
     steered = load(result.model_dir, device="cpu")
     steering = attached_steering(steered.model)
     assert steering.site == SteeringSite(layer=1) and steering.scale == report["deployed"]["alpha"]
-    assert steering.metadata["map"] == "ridge" and torch.equal(steering.vector, saved["ridge.calibrated"])
+    deployed = report["deployed"]["map"]
+    assert deployed == "procrustes", "the shipped config deploys the Procrustes map"
+    assert steering.metadata["map"] == deployed and torch.equal(steering.vector, saved[f"{deployed}.calibrated"])
     assert not has_steering(tiny_gpt2_dir), "the target model itself is left unchanged"
 
     client = MlflowClient(tracking_uri=config.tracking.uri)
