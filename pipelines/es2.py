@@ -59,6 +59,11 @@ class SeparationSettings(Config):
     decision_beta: float = Field(1.0, ge=0, description="Weight of the KL to the starting model of the first reply "
                                                          "token on the separated prompts (harmful ones included), "
                                                          "which keeps the refusal the separation would unlearn.")
+    attack_beta: float = Field(0.0, ge=0, description="Weight of the first reply token's KL to the starting model on "
+                                                      "harmful prompts under the embedding attack (latent "
+                                                      "adversarial training; 0: off).")
+    attack_budget: float = Field(0.5, gt=0, description="ε of that attack is drawn from [0, attack_budget] each step, "
+                                                        "in units of the RMS state norm at the attack layer.")
     relative: bool = Field(True, description="Measure d_ℓ in units of the current states' RMS norm, so inflating "
                                              "the states does not count as separation.")
     split: Split = "train"
@@ -117,7 +122,8 @@ def run(config: ES2Config, resume: bool = False, console: Console | None = None)
     try:
         with connected(config.address):
             outcome = train_on_ray(config, train_loop, worker_config(
-                config, setup, separation=config.separation.model_dump(), layers=layers, **data), resume, console)
+                config, setup, separation=config.separation.model_dump(), layers=layers,
+                attack_layer=config.attack.layer, **data), resume, console)
         model_dir = export_student(setup.model, config.student, outcome.checkpoint, setup.out / "model")
         attacks = {}
         if config.attack.enabled:
@@ -150,14 +156,19 @@ def check_layers(config: ES2Config, model: str) -> list[int]:
     count = int(text.num_hidden_layers)
     if config.separation.layers is None:
         first = int(0.25 * count)
-        return list(range(first, max(first, round(0.75 * count) - 1) + 1))
-    layers = sorted({layer + count if layer < 0 else layer for layer in config.separation.layers})
-    bad = [layer for layer in layers if not 0 <= layer < count]
-    if bad or not layers:
-        raise ConfigError(f"separation.layers: {config.separation.layers} is out of range for {model} with {count} "
-                          f"layers (valid: 0..{count - 1} or -{count}..-1)")
+        layers = list(range(first, max(first, round(0.75 * count) - 1) + 1))
+    else:
+        layers = sorted({layer + count if layer < 0 else layer for layer in config.separation.layers})
+        bad = [layer for layer in layers if not 0 <= layer < count]
+        if bad or not layers:
+            raise ConfigError(f"separation.layers: {config.separation.layers} is out of range for {model} with "
+                              f"{count} layers (valid: 0..{count - 1} or -{count}..-1)")
     if config.attack.layer is not None and not -count <= config.attack.layer < count:
         raise ConfigError(f"attack.layer: {config.attack.layer} is out of range for {model} with {count} layers")
+    attacked = layers[len(layers) // 2] if config.attack.layer is None else config.attack.layer % count
+    if config.separation.attack_beta and attacked not in layers:
+        raise ConfigError(f"separation.attack_beta trains against the attack at layer {attacked}, which is not one "
+                          f"of the separated layers {layers}: add it to separation.layers or set attack.layer")
     return layers
 
 
@@ -192,7 +203,9 @@ def train_loop(loop_config: dict) -> None:
                                          loop_config["harmless"][:count], loop_config["layers"])
     trainer = ES2Trainer(student.model, student.tokenizer, reference, student.optimizer, margin=settings.margin,
                          beta=settings.beta, trained=student.trained, relative=settings.relative,
-                         decision_beta=settings.decision_beta,
+                         decision_beta=settings.decision_beta, attack_beta=settings.attack_beta,
+                         attack_layer=loop_config["attack_layer"], attack_budget=settings.attack_budget,
+                         seed=loop_config["seed"] + student.start_step,
                          max_grad_norm=student_settings.max_grad_norm)
     log = StepLog(loop_config)
     seed = loop_config["seed"]

@@ -37,6 +37,13 @@ def test_a_bad_judges_config_fails_before_any_work(tmp_path, overrides, message)
         tiny_config(tmp_path, *overrides)
 
 
+def test_the_build_key_follows_what_is_built_not_the_thread_count(tmp_path):
+    config = tiny_config(tmp_path)
+    assert build.build_key(config.model_copy(update={"threads": 2})) == build.build_key(config)
+    with_evasions = config.model_copy(update={"pairs": config.pairs.model_copy(update={"evasions": True})})
+    assert build.build_key(with_evasions) != build.build_key(config)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_build_reports_held_out_accuracy_and_is_cached(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from safelatent.data.answer_check import check_answer
+from safelatent.data.responses import is_refusal
 from safelatent.judges import oracle
 from safelatent.judges.harm_examples import (
     microworld_harm_examples,
@@ -21,6 +22,7 @@ from safelatent.judges.preferences import (
     microworld_pairs,
     pairs_to_dataset,
     policy_sample_pairs,
+    response_words,
     sample_policy,
     spread_over_kinds,
     with_varied_prompts,
@@ -37,17 +39,52 @@ def microworld():
 
 def test_microworld_pairs_follow_the_recipes_and_the_oracle(microworld):
     rows = list(microworld["train"])
-    pairs = microworld_pairs(rows, "train", per_group=1000)
+    pairs = microworld_pairs(rows, "train", per_group=1000, evasions=True)
     assert {pair.group for pair in pairs} == {
-        "harmful/harmless-vs-compliance", "jailbreak/harmless-vs-compliance", "borderline/helpful-vs-refusal",
-        "benign/helpful-vs-refusal", "benign/correct-vs-wrong"}
+        "harmful/harmless-vs-compliance", "jailbreak/harmless-vs-compliance", "harmful/refusal-vs-evasion",
+        "jailbreak/refusal-vs-evasion", "borderline/helpful-vs-refusal", "benign/helpful-vs-refusal",
+        "benign/helpful-vs-evasion", "borderline/helpful-vs-evasion", "benign/correct-vs-wrong"}
     facts = {row["prompt"]: oracle.facts_from_row(row) for row in rows}
     for pair in pairs:
         assert oracle.score(facts[pair.prompt], pair.chosen) > oracle.score(facts[pair.prompt], pair.rejected), pair
         assert pair.judge == CONSTRUCTION_JUDGE and pair.split == "train"
-    harmful = [pair for pair in pairs if pair.kind == "harmful"]
+    harmful = [pair for pair in pairs if pair.kind == "harmful" and pair.recipe == "harmless-vs-compliance"]
     assert all(oracle.harmful_compliance(pair.rejected) and not oracle.harmful_compliance(pair.chosen)
                for pair in harmful)
+
+
+def test_evasions_do_what_was_asked_in_no_way_and_come_in_every_form(microworld):
+    rows = list(microworld["train"])
+    pairs = microworld_pairs(rows, "train", per_group=1000, evasions=True)
+    by_prompt = {row["prompt"]: row for row in rows}
+    benign_answers = {row["helpful_response"] for row in rows if row["kind"] == "benign"}
+    vocabulary = {word.lower() for word in response_words(rows)}
+    forms: dict[str, set[str]] = {"refusal-vs-evasion": set(), "helpful-vs-evasion": set()}
+    for pair in pairs:
+        if pair.recipe not in forms:
+            continue
+        row = by_prompt[pair.prompt]
+        harmful = row["kind"] in ("harmful", "jailbreak")
+        assert pair.recipe == ("refusal-vs-evasion" if harmful else "helpful-vs-evasion")
+        assert pair.chosen == (row["safe_response"] if harmful else row["helpful_response"])
+        assert not is_refusal(pair.rejected) and not oracle.harmful_compliance(pair.rejected), pair
+        if row["kind"] == "benign":
+            assert not check_answer(pair.rejected, row["answer"]), pair
+        if pair.rejected in benign_answers:
+            forms[pair.recipe].add("off-topic")
+        elif {word.lower() for word in pair.rejected.split()} <= vocabulary and not (
+                harmful and pair.rejected.endswith(row["safe_response"][-12:])):
+            forms[pair.recipe].add("salad")
+        else:
+            assert harmful and pair.rejected.endswith(row["safe_response"][-12:]), pair
+            forms[pair.recipe].add("garbled-refusal")  # the refusal's tail after words that do not decline
+    assert forms == {"refusal-vs-evasion": {"off-topic", "salad", "garbled-refusal"},
+                     "helpful-vs-evasion": {"off-topic", "salad"}}
+    # One evasion per row, seeded, and off by default without changing the other recipes' pairs.
+    assert sum(pair.recipe.endswith("-vs-evasion") for pair in pairs) == len(rows)
+    assert pairs == microworld_pairs(rows, "train", per_group=1000, evasions=True)
+    assert microworld_pairs(rows, "train", per_group=1000) == [
+        pair for pair in pairs if not pair.recipe.endswith("-vs-evasion")]
 
 
 def test_per_recipe_counts_override_the_group_size(microworld):

@@ -99,8 +99,10 @@ def test_es2_on_two_ray_train_workers_resumes_and_reports_the_embedding_attack(r
         run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "student.steps=3", "attack.enabled=false",
                            "evaluation.enabled=false"))
     resumed = run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "student.steps=3", "attack.enabled=false",
-                                 "evaluation.enabled=false", "tracking.registered_model=null"), resume=True)
+                                 "evaluation.enabled=false", "tracking.registered_model=null",
+                                 "separation.attack_beta=1"), resume=True)
     assert resumed.report["resumed"] and resumed.report["final_step_metrics"]["step"] == 2
+    assert resumed.report["final_step_metrics"]["attacked_first_token_kl"] >= 0
     history = MlflowClient(tracking_uri=config.tracking.uri).get_metric_history(
         mlflow_run(config, resumed).info.run_id, "separation_loss")
     assert sorted(point.step for point in history) == [0, 1, 2], "the resumed run logs into the same MLflow run"
@@ -113,6 +115,10 @@ def test_bad_inputs_fail_before_anything_starts(tiny_llama_dir, tiny_world, tmp_
         run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "separation.layers=[7]"))
     with pytest.raises(ConfigError, match="budgets must be >= 0 and include 0"):
         es2_config(tiny_llama_dir, tiny_world, tmp_path, "attack.budgets=[0.5, 1]")
+    with pytest.raises(ConfigError, match=r"attack.layer: 9 is out of range"):
+        run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "attack.layer=9"))
+    with pytest.raises(ConfigError, match=r"attack at layer 2, which is not one of the separated layers \[0, 1\]"):
+        run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "attack.layer=2", "separation.attack_beta=1"))
     from safelatent.cli import app
 
     outcome = CliRunner().invoke(app, ["train", "safesteer", "direction.where=middle"])

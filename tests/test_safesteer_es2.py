@@ -1,5 +1,7 @@
 """SafeSteer (safety-token voting, on-policy distillation) and ES2 (separation loss, KL anchor) on tiny models."""
 
+import random
+
 import pytest
 import torch
 
@@ -22,6 +24,8 @@ from safelatent.methods.safesteer import (
     vote_safety_tokens,
 )
 from safelatent.methods.vocab_divergence import forward_kl, reverse_kl
+from safelatent.models.generate import encode_prompts
+from safelatent.models.hooks import add_vector
 from safelatent.models.loading import load
 from safelatent.models.lora import LoraSettings, apply_lora
 
@@ -149,3 +153,44 @@ def test_es2_raises_the_class_distance_while_the_kl_on_harmless_inputs_stays_sma
     assert kl < 0.05 and metrics["kl_to_base"] < 0.05 and metrics["first_token_kl"] < 0.05
     assert metrics["separation_loss"] < 0.5 * 2.0 * 1.0  # it started at mean relu(3·base − base) = 2·base ≤ 2
 
+
+
+def test_the_attack_anchor_descends_the_kl_under_the_embedding_attack(lora_model):
+    model, tokenizer = lora_model
+    reference = separation_reference(model, tokenizer, HARMFUL, HARMLESS, default_layers(model))
+    # Move the adapters off zero first, so the attacked model differs from the start and the KL has a gradient.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05)
+    with torch.no_grad():
+        states = last_prompt_states(model, tokenizer, HARMFUL + HARMLESS, [1], grad=False)[1]
+    direction = states[4:].mean(0) - states[:4].mean(0)
+    scale = float(states.pow(2).sum(-1).mean().sqrt())
+    epsilon = random.Random(3).uniform(0.0, 8.0)  # the budget the trainer seeded with 3 draws first
+    encoded = encode_prompts(model, tokenizer, HARMFUL)
+
+    def attacked_kl() -> float:
+        """KL(start ‖ model) of the first reply token on the harmful prompts pushed by ε·scale towards safe."""
+        with torch.no_grad():
+            with base_weights(model):
+                start = model(**encoded).logits[:, -1]
+            with add_vector(model, 1, direction / direction.norm(), scale=epsilon * scale):
+                pushed = model(**encoded).logits[:, -1]
+        return float(forward_kl(pushed[:, None], start[:, None], torch.ones(4, 1)))
+
+    before = attacked_kl()
+    # The KL and its gradient are small on a random model: a large step shows the descent.
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0)
+    # The anchor alone: no separation to reach (a margin below the start's), no other KL term.
+    trainer = ES2Trainer(model, tokenizer, reference, optimizer, margin=0.01, beta=0.0, decision_beta=0.0,
+                         attack_beta=1.0, attack_budget=8.0, seed=3, max_grad_norm=1e9)
+    assert trainer.attack_layer == 1  # the middle of the separated layers [0, 1], where the report attacks
+    metrics = trainer.step(HARMFUL, HARMLESS, HARMLESS, REPLIES)
+    model.eval()
+    assert metrics["separation_loss"] == 0 and metrics["attacked_first_token_kl"] == pytest.approx(before, rel=1e-4)
+    assert attacked_kl() < 0.9 * before, (before, attacked_kl())
+    off = ES2Trainer(model, tokenizer, reference, optimizer).step(HARMFUL, HARMLESS, HARMLESS, REPLIES)
+    assert "attacked_first_token_kl" not in off
+    with pytest.raises(ValueError, match="attack layer 2 must be one of the separated layers"):
+        ES2Trainer(model, tokenizer, reference, optimizer, attack_beta=1.0, attack_layer=2)

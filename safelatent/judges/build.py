@@ -101,13 +101,16 @@ class JudgesConfig(Config):
 
 
 def content_hash(config: JudgesConfig) -> str:
-    """The config's hash without the output root. Options added after the first builds are left out at their
-    neutral value, so those builds keep their key."""
-    dumped = config.model_copy(update={"out_root": ""}).model_dump(mode="json")
+    """The config's hash without the output root, and as if built on one thread (neither changes what is built,
+    so a build made with more threads is reused by a run that names the default). Options added after the first
+    builds are left out at their neutral value, so those builds keep their key."""
+    dumped = config.model_copy(update={"out_root": "", "threads": 1}).model_dump(mode="json")
     if not dumped["pairs"]["prompt_noise"]:
         del dumped["pairs"]["prompt_noise"]
     if not dumped["pairs"]["train_per_recipe"]:
         del dumped["pairs"]["train_per_recipe"]
+    if not dumped["pairs"]["evasions"]:
+        del dumped["pairs"]["evasions"]
     return data_hash(dumped)
 
 
@@ -184,10 +187,12 @@ def _build(config: JudgesConfig, key: str, staging: Path, console: Console, prog
     backbone, backbone_info = _backbone(config, staging, train_rows, console, progress)
 
     train_pairs = microworld_pairs(train_rows, "train", config.pairs.train_per_group, seed=config.seed,
-                                   wrong_answers=config.pairs.wrong_answers, per_recipe=config.pairs.train_per_recipe)
+                                   wrong_answers=config.pairs.wrong_answers, evasions=config.pairs.evasions,
+                                   per_recipe=config.pairs.train_per_recipe)
     pairs = {"train": with_varied_prompts(train_pairs, config.pairs.prompt_noise, seed=config.seed),
              TEST_SPLIT: microworld_pairs(test_rows, TEST_SPLIT, config.pairs.test_per_group, seed=config.seed,
-                                          wrong_answers=config.pairs.wrong_answers)}
+                                          wrong_answers=config.pairs.wrong_answers,
+                                          evasions=config.pairs.evasions)}
     examples = {"train": microworld_harm_examples(train_rows, "train", config.harm_examples.train_per_group,
                                                   seed=config.seed),
                 TEST_SPLIT: microworld_harm_examples(test_rows, TEST_SPLIT, config.harm_examples.test_per_group,

@@ -4,11 +4,18 @@ Two sources, both split the micro-world's way (test pairs come only from test pr
 lexicon entries training never saw):
 - micro-world responses, ordered by construction:
     harmful and jailbreak prompts   safe refusal ≻ compliance            (recipe "harmless-vs-compliance")
+    harmful and jailbreak prompts   safe refusal ≻ an evasion            (recipe "refusal-vs-evasion")
+    benign and borderline prompts   helpful answer ≻ an evasion          (recipe "helpful-vs-evasion")
     benign and borderline prompts   helpful answer ≻ refusal             (recipe "helpful-vs-refusal")
     benign prompts                  correct answer ≻ a wrong answer      (recipe "correct-vs-wrong")
   The wrong answer is the helpful response with its answer perturbed everywhere the response states it
   (a number shifted, two list items or letters swapped, another answer of the same task family), so it
-  is a consistent, confident mistake rather than a typo next to the right answer;
+  is a consistent, confident mistake rather than a typo next to the right answer. An evasion neither refuses
+  nor does what was asked: another task's answer, a salad of the split's response words, or (to a harmful
+  request) the refusal with its declining opening replaced by such words. Without these pairs the reward
+  model never saw a reply of that sort, and PPO found babble that scored like a refusal; pairing evasions on
+  every kind teaches "evasion is worse", not "refusal is better" (the oracle scores a refusal of a harmful
+  request 10 and an evasion 5);
 - a policy model's own samples: several responses per prompt at temperature > 0, every two distinct ones
   paired and ordered by a labeler (the oracle by default); pairs the labeler cannot call clearly,
   |P − ½| < min_margin, are dropped (recipe "policy-samples").
@@ -29,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safelatent.config import Config
 from safelatent.data.answer_check import ANSWER_PREFIX, check_answer
+from safelatent.data.responses import PAYLOAD_PATTERN, is_refusal
 from safelatent.data.splits import seeded_rng
 from safelatent.data.surface_noise import vary_surface
 from safelatent.judges.labeler import Labeler
@@ -36,7 +44,8 @@ from safelatent.judges.oracle import HARMFUL_KINDS, facts_from_row
 from safelatent.models.generate import generate
 
 CONSTRUCTION_JUDGE = "microworld-construction"
-MICROWORLD_RECIPES: tuple[str, ...] = ("harmless-vs-compliance", "helpful-vs-refusal", "correct-vs-wrong")
+MICROWORLD_RECIPES: tuple[str, ...] = ("harmless-vs-compliance", "refusal-vs-evasion", "helpful-vs-refusal",
+                                       "helpful-vs-evasion", "correct-vs-wrong")
 RECIPES: tuple[str, ...] = (*MICROWORLD_RECIPES, "policy-samples")
 SAMPLED_KINDS: tuple[str, ...] = ("benign", "borderline", "harmful", "jailbreak")
 
@@ -83,6 +92,10 @@ class PairSettings(Config):
         description="Training pairs per group for these recipes instead of train_per_group (correct-vs-wrong asks "
                     "the judge to check an answer: it needs more).")
     wrong_answers: bool = Field(True, description="Add correct ≻ wrong-answer pairs for benign tasks.")
+    evasions: bool = Field(False, description="Add refusal ≻ evasion pairs for harmful and jailbreak prompts and "
+                                             "helpful ≻ evasion pairs for benign and borderline ones (an evasion "
+                                             "does what was asked in no way), so babble does not score like a "
+                                             "refusal.")
     prompt_noise: float = Field(0.5, ge=0.0, le=1.0, description="Share of training pairs whose prompt gets a varied "
                                                                  "surface (an opener and/or closer, ...), both "
                                                                  "responses unchanged, so the judge keys on the "
@@ -121,7 +134,8 @@ class PolicySampling(Config):
 
 
 def microworld_pairs(rows: Iterable[dict[str, Any]], split: str, per_group: int, *, seed: int = 0,
-                     wrong_answers: bool = True, per_recipe: Mapping[str, int] | None = None) -> list[PreferencePair]:
+                     wrong_answers: bool = True, evasions: bool = False,
+                     per_recipe: Mapping[str, int] | None = None) -> list[PreferencePair]:
     """Pairs ordered by construction from one split's rows, at most `per_group` per (kind, recipe), or
     `per_recipe[recipe]` for the recipes it names, seeded."""
     rows = list(rows)
@@ -131,6 +145,9 @@ def microworld_pairs(rows: Iterable[dict[str, Any]], split: str, per_group: int,
             answers_by_family.setdefault(row["category"], []).append(row["answer"])
     groups: dict[str, list[PreferencePair]] = {}
     wrong_rng = seeded_rng(seed, "wrong-answers", split)
+    evasion_rng = seeded_rng(seed, "evasions", split)
+    other_answers = [row["helpful_response"] for row in rows if row["kind"] == "benign"]
+    words = response_words(rows)
 
     def add(row: dict[str, Any], chosen: str, rejected: str, recipe: str) -> None:
         pair = PreferencePair(prompt=row["prompt"], chosen=chosen, rejected=rejected, kind=row["kind"],
@@ -140,8 +157,14 @@ def microworld_pairs(rows: Iterable[dict[str, Any]], split: str, per_group: int,
     for row in rows:
         if row["kind"] in HARMFUL_KINDS:
             add(row, row["safe_response"], row["helpful_response"], "harmless-vs-compliance")
+            if evasions and words:
+                add(row, row["safe_response"], evasion_response(row, evasion_rng, other_answers, words),
+                    "refusal-vs-evasion")
         elif row["kind"] in ("benign", "borderline"):
             add(row, row["helpful_response"], row["refusal"], "helpful-vs-refusal")
+            if evasions and words:
+                add(row, row["helpful_response"], evasion_response(row, evasion_rng, other_answers, words),
+                    "helpful-vs-evasion")
             if row["kind"] == "benign" and wrong_answers:
                 wrong = wrong_answer_response(row, wrong_rng, answers_by_family[row["category"]])
                 if wrong is not None:
@@ -163,6 +186,47 @@ def with_varied_prompts(pairs: Sequence[PreferencePair], share: float, *, seed: 
     rng = seeded_rng(seed, "pair-prompt-noise")
     return [dataclasses.replace(pair, prompt=vary_surface(pair.prompt, rng)) if rng.random() < share else pair
             for pair in pairs]
+
+
+def response_words(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The distinct words of the rows' helpful and safe responses (no payload markers), sorted: salad material."""
+    words: set[str] = set()
+    for row in rows:
+        for column in ("helpful_response", "safe_response"):
+            words.update(word for word in row[column].split() if not PAYLOAD_PATTERN.search(word))
+    return sorted(words)
+
+
+def evasion_response(row: dict[str, Any], rng: random.Random, other_answers: Sequence[str],
+                     words: Sequence[str]) -> str:
+    """A reply to the row's prompt that does what it asks for in no way (see the module docstring), seeded.
+
+    Harmful and jailbreak rows: another task's answer, a salad of response words, or the row's refusal with its
+    declining opening replaced by such words; never a refusal. Benign and borderline rows: another task's answer
+    or a salad, never one that states the row's own answer.
+    """
+    harmful = row["kind"] in HARMFUL_KINDS
+    forms = ("off-topic", "salad", "garbled-refusal") if harmful else ("off-topic", "salad")
+    while True:
+        form = rng.choice(forms if other_answers else forms[1:])
+        if form == "off-topic":
+            text = rng.choice(other_answers)
+        elif form == "salad":
+            text = _salad(words, rng, rng.randint(4, 18))
+        else:
+            refusal = row["safe_response"].split()
+            cut = rng.randint(2, max(2, len(refusal) // 2))
+            text = " ".join([_salad(words, rng, rng.randint(1, 3)), *refusal[cut:]])
+        if harmful and not is_refusal(text):
+            return text
+        if not harmful and text != row["helpful_response"] and not is_refusal(text) and not (
+                row["kind"] == "benign" and check_answer(text, row["answer"])):
+            return text
+
+
+def _salad(words: Sequence[str], rng: random.Random, count: int) -> str:
+    text = " ".join(rng.choice(words) for _ in range(count))
+    return text[0].upper() + text[1:]
 
 
 def wrong_answer_response(row: dict[str, Any], rng: random.Random, family_answers: Sequence[str]) -> str | None:

@@ -6,7 +6,8 @@ On the chosen layers L, with h_ℓ(x) the state at the last prompt position (whe
     L_sep  = mean_ℓ relu(m·d_ℓ⁰ − d_ℓ) / s_ℓ                           bounded: no reward beyond m times the base
     L_KL   = mean_t KL(p_base(·|x_<t) ‖ p_θ(·|x_<t))                    over the tokens of harmless texts
     L_dec  = mean_x KL(p_base(·|x) ‖ p_θ(·|x)) of the first reply token    over the same harmful and harmless prompts
-    loss   = L_sep + γ·L_dec + β·L_KL
+    L_att  = mean_{x∈H} KL(p_base(·|x) ‖ p_θ(·|x; h_a ← h_a + ε·r_a·u))  the same, under the embedding attack
+    loss   = L_sep + γ·L_dec + α·L_att + β·L_KL
 
 d_ℓ⁰ and s_ℓ (the RMS state norm) are measured once on the base model (`separation_reference`), so the margin m
 says "m times as far apart as the base had them" and the loss is in units of the layer's state size.
@@ -23,8 +24,16 @@ RLAIF-PPO model, 60 relative steps without it left 0 of 100 harmful test prompts
 model trains with LoRA; switching the adapters off gives the base for the KL anchor, so no second copy of
 the weights is needed. A separated model is harder to push across into "harmless" with a small perturbation
 of its states: `evaluation.embedding_attack` measures exactly that.
+
+L_att (weight α, `attack_beta`, off by default) is ours too: latent adversarial training against the attack
+the report measures. At the attack layer a (one of L), u is the batch's unit harmful → safe direction
+(mean_B − mean_H of the current states) and r_a their RMS norm, both detached; every step draws ε uniformly
+from [0, `attack_budget`] and adds ε·r_a·u at every position of the harmful prompts, and the first reply
+token must stay what the starting model says unattacked. It is computed from training prompts on the model
+as it trains, while the report attacks with the test prompts' direction on the finished model.
 """
 
+import random
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 from safelatent.methods.safesteer import base_weights
 from safelatent.methods.vocab_divergence import forward_kl
 from safelatent.models.generate import chat_prompt, encode_prompts
-from safelatent.models.hooks import HiddenStateRecorder
+from safelatent.models.hooks import HiddenStateRecorder, add_vector
 from safelatent.models.layers import num_layers, resolve_layer
 
 
@@ -135,11 +144,20 @@ class ES2Trainer:
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, reference: SeparationReference,
                  optimizer: torch.optim.Optimizer, *, margin: float = 2.5, beta: float = 1.0,
                  trained: nn.Module | None = None, max_grad_norm: float = 1.0, relative: bool = True,
-                 decision_beta: float = 1.0):
+                 decision_beta: float = 1.0, attack_beta: float = 0.0, attack_layer: int | None = None,
+                 attack_budget: float = 0.5, seed: int = 0):
         self.model, self.tokenizer, self.reference = model, tokenizer, reference
         self.optimizer = optimizer
         self.margin, self.beta, self.max_grad_norm, self.relative = margin, beta, max_grad_norm, relative
         self.decision_beta = decision_beta
+        if attack_beta < 0 or not attack_budget > 0:
+            raise ValueError(f"attack_beta must be >= 0 and attack_budget > 0, got {attack_beta} and {attack_budget}")
+        layers = list(reference.layers)
+        self.attack_layer = layers[len(layers) // 2] if attack_layer is None else resolve_layer(model, attack_layer)
+        if attack_beta and self.attack_layer not in layers:
+            raise ValueError(f"the attack layer {self.attack_layer} must be one of the separated layers {layers}")
+        self.attack_beta, self.attack_budget = attack_beta, attack_budget
+        self.budgets = random.Random(seed)
         self.trained = trained if trained is not None else model
 
     def step(self, harmful: Sequence[str], harmless: Sequence[str], anchor_prompts: Sequence[str],
@@ -169,6 +187,7 @@ class ES2Trainer:
                 base = self.reference.distances
                 separation = separation_loss(distances, base, self.reference.scales, self.margin)
             (separation + self.decision_beta * decision).backward()
+            attacked = self._attack_anchor(encoded, states, base_first, split) if self.attack_beta else None
         inputs = harmless_text_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
         with torch.no_grad(), base_weights(self.model):
             base_logits = self.model(**inputs, use_cache=False).logits
@@ -176,15 +195,36 @@ class ES2Trainer:
         anchor = forward_kl(logits, base_logits, inputs["attention_mask"].float())
         (self.beta * anchor).backward()
         loss = separation.detach() + self.decision_beta * decision.detach() + self.beta * anchor.detach()
+        if attacked is not None:
+            loss = loss + self.attack_beta * attacked
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                                    self.max_grad_norm)
         self.optimizer.step()
         metrics = {"loss": float(loss.detach()), "separation_loss": float(separation.detach()),
                    "kl_to_base": float(anchor.detach()), "first_token_kl": float(decision.detach()),
                    "grad_norm": float(grad_norm)}
+        if attacked is not None:
+            metrics["attacked_first_token_kl"] = attacked
         for layer, distance in distances.items():
             metrics[f"separation/layer{layer}"] = float(distance.detach()) / base[layer]
         return metrics
+
+    def _attack_anchor(self, encoded: dict, states: dict[int, torch.Tensor], base_first: torch.Tensor,
+                       split: int) -> float:
+        """Backpropagate α·L_att (the module docstring) for the harmful prompts [:split]; returns L_att."""
+        layer_states = states[self.attack_layer].detach()
+        direction = layer_states[split:].mean(0) - layer_states[:split].mean(0)
+        if not float(direction.norm()) > 0:
+            return 0.0
+        scale = float(layer_states.pow(2).sum(-1).mean().sqrt())
+        epsilon = self.budgets.uniform(0.0, self.attack_budget)
+        harmful = {key: value[:split] for key, value in encoded.items()}
+        with add_vector(self.model, self.attack_layer, direction / direction.norm(), scale=epsilon * scale):
+            logits = self.trained(**harmful, use_cache=False, logits_to_keep=1).logits[:, -1]
+        every_prompt = torch.ones(split, 1, device=logits.device)
+        attacked = forward_kl(logits[:, None], base_first[:split, None], every_prompt)
+        (self.attack_beta * attacked).backward()
+        return float(attacked.detach())
 
 
 def _chunked_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
