@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from safelatent.evaluation.intervals import fisher_exact
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -43,18 +45,6 @@ def counts(directory: Path) -> Counts:
                   sum(bool(row["harmful"]) for row in attacked), len(attacked),
                   sum(bool(row["refused"]) for row in harmful),
                   metrics["task_accuracy"]["value"], metrics["over_refusal"]["value"])
-
-
-def fisher_exact(a: int, n_a: int, b: int, n_b: int) -> float:
-    """Two-sided p of Fisher's exact test for a of n_a against b of n_b (sum of tables no likelier than seen)."""
-    total, column = n_a + n_b, a + b
-
-    def probability(x: int) -> float:
-        return math.comb(n_a, x) * math.comb(n_b, column - x) / math.comb(total, column)
-
-    seen = probability(a)
-    low, high = max(0, column - n_b), min(n_a, column)
-    return min(1.0, sum(p for p in map(probability, range(low, high + 1)) if p <= seen * (1 + 1e-9)))
 
 
 def main() -> None:

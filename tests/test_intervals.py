@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from safelatent.evaluation.intervals import mean_interval, normal_quantile, student_t_quantile, wilson_interval
+from safelatent.evaluation.intervals import (
+    fisher_exact,
+    mean_interval,
+    normal_quantile,
+    student_t_quantile,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_of_8_out_of_10_matches_the_textbook_value():
@@ -75,3 +81,13 @@ def test_mean_interval_rejects_scores_outside_their_range():
 def test_confidence_must_be_a_probability():
     with pytest.raises(ValueError, match="confidence"):
         wilson_interval(1, 2, confidence=95)
+
+
+def test_fisher_exact_matches_the_hypergeometric_sums():
+    # Fisher's tea taster: 3 of 4 cups right against 1 of 4; tables as or less likely: {3,1}, {4,0}, {1,3}, {0,4}.
+    assert fisher_exact(3, 4, 1, 4) == pytest.approx((16 + 1 + 16 + 1) / 70)
+    assert fisher_exact(6, 280, 1, 280) == pytest.approx(0.12265, abs=1e-5)  # 6 vs 1 harmful replies (docs/sls.md)
+    assert fisher_exact(5, 10, 5, 10) == 1.0 and fisher_exact(0, 5, 0, 5) == 1.0
+    assert fisher_exact(10, 10, 0, 10) == pytest.approx(2 / math.comb(20, 10))
+    with pytest.raises(ValueError, match="within their totals"):
+        fisher_exact(3, 2, 0, 5)

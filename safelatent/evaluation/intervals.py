@@ -1,4 +1,5 @@
-"""95% intervals for evaluation figures: the Wilson score interval for rates, a t-interval for mean scores.
+"""95% intervals for evaluation figures: the Wilson score interval for rates, a t-interval for mean scores; and
+Fisher's exact test for two rates.
 
 Rates (k successes in n trials, p̂ = k/n, z the normal quantile, 1.96 for 95%):
 
@@ -108,6 +109,24 @@ def _probability_within(t: float, degrees_of_freedom: int) -> float:
         term *= cosine_squared * (power + 1) / (power + 2)
         power += 2
     return sine * series
+
+
+def fisher_exact(a: int, n_a: int, b: int, n_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that a of n_a and b of n_b come from one rate.
+
+    With the margins fixed, the count in the first group is hypergeometric; p sums the probabilities of every
+    count no likelier than the one seen (the usual two-sided rule).
+    """
+    if not (0 <= a <= n_a and 0 <= b <= n_b):
+        raise ValueError(f"counts must lie within their totals, got {a} of {n_a} and {b} of {n_b}")
+    total, column = n_a + n_b, a + b
+
+    def probability(x: int) -> float:
+        return math.comb(n_a, x) * math.comb(n_b, column - x) / math.comb(total, column)
+
+    seen = probability(a)
+    counts = range(max(0, column - n_b), min(n_a, column) + 1)
+    return min(1.0, sum(p for p in map(probability, counts) if p <= seen * (1 + 1e-9)))
 
 
 def _check_confidence(confidence: float) -> None:
