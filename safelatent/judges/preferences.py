@@ -146,8 +146,8 @@ def microworld_pairs(rows: Iterable[dict[str, Any]], split: str, per_group: int,
     groups: dict[str, list[PreferencePair]] = {}
     wrong_rng = seeded_rng(seed, "wrong-answers", split)
     evasion_rng = seeded_rng(seed, "evasions", split)
-    other_answers = [row["helpful_response"] for row in rows if row["kind"] == "benign"]
-    words = response_words(rows)
+    other_answers = [row["helpful_response"] for row in rows if row["kind"] == "benign"] if evasions else []
+    words = response_words(rows) if evasions else []
 
     def add(row: dict[str, Any], chosen: str, rejected: str, recipe: str) -> None:
         pair = PreferencePair(prompt=row["prompt"], chosen=chosen, rejected=rejected, kind=row["kind"],
@@ -217,10 +217,9 @@ def evasion_response(row: dict[str, Any], rng: random.Random, other_answers: Seq
             refusal = row["safe_response"].split()
             cut = rng.randint(2, max(2, len(refusal) // 2))
             text = " ".join([_salad(words, rng, rng.randint(1, 3)), *refusal[cut:]])
-        if harmful and not is_refusal(text):
-            return text
-        if not harmful and text != row["helpful_response"] and not is_refusal(text) and not (
-                row["kind"] == "benign" and check_answer(text, row["answer"])):
+        answers = not harmful and (text == row["helpful_response"] or (
+            row["kind"] == "benign" and check_answer(text, row["answer"])))
+        if not is_refusal(text) and not answers:
             return text
 
 

@@ -23,7 +23,7 @@ from safelatent.methods.ppo import (
     value_estimates,
 )
 from safelatent.methods.rollout import RolloutBatch
-from safelatent.models.policy import follower_state, load_follower_state
+from safelatent.models.policy import follower_state
 from safelatent.models.safe_head import head_state, load_head_state
 from safelatent.models.value_head import ValueHeadModel
 
@@ -93,9 +93,6 @@ class PPOLearner:
     def follower_state(self) -> dict:
         """The trainable weights and the head (when the policy carries one): what a rollout worker loads."""
         return follower_state(self.policy)
-
-    def load_follower_state(self, state: dict) -> None:
-        load_follower_state(self.policy, state)
 
     def state_dict(self) -> dict:
         """Everything a checkpoint needs to continue exactly: weights, value head, safe-projection head (SLS may
