@@ -33,6 +33,9 @@ from safelatent.serving.settings import ServeConfig
 logger = logging.getLogger("safelatent.serving")
 
 CONTENT_FILTER = "content_filter"
+# Batches of one kind (streamed or whole replies) decoding at once in a replica: while one decodes, requests that
+# arrive meanwhile start the next instead of waiting for every request of the running one to finish.
+CONCURRENT_BATCHES = 2
 
 
 @serve.deployment
@@ -58,8 +61,9 @@ class ModelServer:
                             "safe_head_layer": head.layer if head is not None else None,
                             "device": str(self.decoder.device)}
         batching = settings.batching
-        self._decode.set_max_batch_size(batching.max_batch_size if batching.enabled else 1)
-        self._decode.set_batch_wait_timeout_s(batching.batch_wait_timeout_s if batching.enabled else 0.0)
+        for batched in (self._decode, self._decode_whole):
+            batched.set_max_batch_size(batching.max_batch_size if batching.enabled else 1)
+            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s if batching.enabled else 0.0)
 
     def info(self) -> dict[str, Any]:
         return self.description
@@ -79,15 +83,12 @@ class ModelServer:
     async def complete(self, messages: list[dict[str, str]] | None, prompt: str | None,
                        params: SamplingParams) -> dict[str, Any]:
         """One request's whole reply ({"prompt_tokens", "text", "completion_tokens", "finish_reason"}, or
-        {"error"}), decoded in a batch with whatever else is waiting: one message back, however many tokens."""
+        {"error"}), decoded in a batch with the other whole-reply requests waiting: one message back, however
+        many tokens."""
         prepared = self.prepare(messages, prompt, params.max_tokens)
         if "error" in prepared:
             return prepared
-        text, tokens, finish = "", 0, FINISH_STOP
-        async for delta in self._decode((prepared["prompt_ids"], params)):
-            text += delta.text
-            tokens = delta.completion_tokens
-            finish = delta.finish_reason or finish
+        text, tokens, finish = await self._decode_whole((prepared["prompt_ids"], params))
         return {"prompt_tokens": len(prepared["prompt_ids"]), "text": text, "completion_tokens": tokens,
                 "finish_reason": finish}
 
@@ -104,9 +105,7 @@ class ModelServer:
             yield {"text": delta.text, "completion_tokens": delta.completion_tokens,
                    "finish_reason": delta.finish_reason}
 
-    # Two batches in flight: while one decodes, requests that arrive meanwhile start the next instead of waiting
-    # for every request of the running batch to finish (static batches, one at a time, left the model idle).
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=CONCURRENT_BATCHES)
     async def _decode(self, jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[list[Any]]:
         steps = self.decoder.stream([job[0] for job in jobs], [job[1] for job in jobs])
         while True:
@@ -114,6 +113,12 @@ class ModelServer:
             if deltas is None:
                 return
             yield [StopIteration if delta is None else delta for delta in deltas]
+
+    # Whole replies are batched apart from streamed ones: the batch runs to its end in one worker thread and
+    # hands each request its reply once, instead of waking the event loop for every token of every request.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def _decode_whole(self, jobs: list[tuple[list[int], SamplingParams]]) -> list[tuple[str, int, str]]:
+        return await asyncio.to_thread(self.decoder.complete, [job[0] for job in jobs], [job[1] for job in jobs])
 
 
 @serve.deployment

@@ -122,3 +122,15 @@ def test_serve_config_rejects_what_cannot_work():
     assert ServeConfig(model="runs/x/sls/model").served_name() == "sls"
     assert ServeConfig(model="models:/sls-rlaif@champion").served_name() == "sls-rlaif"
     assert ServeConfig(model="s3://bucket/models/safe-7b/").served_name() == "safe-7b"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_model_replica_has_room_for_its_concurrent_batches(enabled):
+    """Batching on or off, a replica takes every request its batches can hold (Ray's rule for serve.batch), so
+    an unbatched replica queues waiting requests itself instead of turning them away to the ingress."""
+    from actors.serving import CONCURRENT_BATCHES
+    from pipelines.deploy import model_server_room
+    from safelatent.serving.settings import ServeConfig
+
+    config = ServeConfig(model="m", batching={"enabled": enabled, "max_batch_size": 24})
+    assert model_server_room(config) >= CONCURRENT_BATCHES * 24

@@ -221,3 +221,18 @@ def test_concurrent_requests_are_batched_and_all_answered(client):
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda _: chat(client, "What is 12 plus 7?").choices[0].message.content, range(8)))
     assert replies == ["12 + 7 = 19. Answer: 19"] * 8
+
+
+def test_streamed_and_whole_replies_at_once_are_all_answered(client):
+    """Whole replies and streamed ones are batched apart in the replica; mixed, every request gets its reply."""
+    client = client.with_options(max_retries=5)  # the module's earlier tests may have spent the key's burst
+
+    def ask(index: int) -> str:
+        if index % 2:
+            return chat(client, "What is 12 plus 7?").choices[0].message.content
+        stream = chat(client, "What is 12 plus 7?", stream=True)
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(ask, range(8)))
+    assert replies == ["12 + 7 = 19. Answer: 19"] * 8
