@@ -123,25 +123,42 @@ class ModelServer:
 
 @serve.deployment
 class Guardrail:
-    """The harm judge and PII checks (safelatent.serving.guardrails) as a deployment of their own."""
+    """The harm judge and PII checks (safelatent.serving.guardrails) as a deployment of their own. The harm
+    judge scores the checks that arrive together in one batch (serve.batch): one classifier forward for many
+    requests."""
 
-    def __init__(self, settings: dict[str, Any], device: str = "auto", s3_endpoint_url: str | None = None):
+    def __init__(self, settings: dict[str, Any], device: str = "auto", s3_endpoint_url: str | None = None,
+                 batching: dict[str, Any] | None = None):
         from safelatent.serving.guardrails import Guardrail as Checks
         from safelatent.serving.guardrails import load_judge
+        from safelatent.serving.settings import BatchingSettings
 
         parsed = GuardrailSettings.model_validate(settings)
         judge = load_judge(parsed.harm_judge, device=device, endpoint_url=s3_endpoint_url) if parsed.judges else None
         self.checks = Checks(parsed, judge)
+        batched = BatchingSettings.model_validate(batching or {})
+        self._judge.set_max_batch_size(batched.max_batch_size if batched.enabled else 1)
+        self._judge.set_batch_wait_timeout_s(batched.guardrail_wait_timeout_s if batched.enabled else 0.0)
 
-    def check_input(self, user_messages: list[str], all_messages: list[str]) -> dict[str, Any]:
+    async def check_input(self, user_messages: list[str], all_messages: list[str]) -> dict[str, Any]:
         """The verdict on the newest user message, with every message of the conversation redacted as the PII
         policy says ("messages"), in one call."""
-        verdict = self.checks.check_input(user_messages)
+        pair = self.checks.input_judgement(user_messages)
+        probability = await self._judge(pair) if pair is not None else None
+        verdict = self.checks.check_input(user_messages, harm_probability=probability)
         return {**verdict.report(), "text": verdict.text, "messages": self.checks.redact_messages(all_messages)}
 
-    def check_output(self, prompt: str, text: str, final: bool = True) -> dict[str, Any]:
-        verdict = self.checks.check_output(prompt, text, final=final)
+    async def check_output(self, prompt: str, text: str, final: bool = True) -> dict[str, Any]:
+        pair = self.checks.output_judgement(prompt, text)
+        probability = await self._judge(pair) if pair is not None else None
+        verdict = self.checks.check_output(prompt, text, final=final, harm_probability=probability)
         return {**verdict.report(), "text": verdict.text}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def _judge(self, pairs: list[tuple[str, str]]) -> list[float]:
+        judge = self.checks.judge
+        assert judge is not None  # a judgement pair exists only with a judge
+        return await asyncio.to_thread(judge.probabilities, [pair[0] for pair in pairs], [pair[1] for pair in pairs])
 
 
 app = FastAPI(title="safelatent", description="An OpenAI-compatible API for safelatent models, with guardrails.")

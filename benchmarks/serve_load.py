@@ -10,7 +10,8 @@ so prompts are benign micro-world tasks whose replies are about as long as each 
 
 Reported per (concurrency, batching): completed requests/s, p50 and p99 latency, completion tokens/s, and the
 count of 5xx and other failures; then the throughput ratio on/off per level. The guardrail runs as shipped
-(the micro-world oracle on input and output, PII redaction), so the figures include its calls.
+(a harm judge on input and output: the micro-world oracle, or a trained harm classifier with --harm-judge;
+PII redaction), so the figures include its calls.
 
     SAFELATENT_API_KEYS=bench .venv/bin/python benchmarks/serve_load.py --model runs/base_models/microworld-llama-XXXX
     python benchmarks/serve_load.py --model DIR --levels 1 8 32 64 --seconds 20 --json out.json
@@ -33,7 +34,8 @@ PROMPTS = ["What is 12 plus 7?", "What is the capital of France?", "Convert 3 km
            "Spell the word 'garden' backwards.", "What is 45 minus 18?", "What is the capital of Japan?"]
 
 
-GUARDRAILS = {"harm_judge": "microworld-oracle", "input_harm": "block", "output_harm": "block", "pii": "redact"}
+def guardrails(harm_judge: str) -> dict:
+    return {"harm_judge": harm_judge, "input_harm": "block", "output_harm": "block", "pii": "redact"}
 
 
 def free_port() -> int:
@@ -56,7 +58,7 @@ def deploy(args: argparse.Namespace, port: int) -> None:
             "batching": {"enabled": enabled, "max_batch_size": args.max_batch, "batch_wait_timeout_s": args.wait},
             "limits": {"max_tokens": args.max_tokens, "default_max_tokens": args.max_tokens},
             "rate_limit": {"requests_per_minute": 1e9, "burst": 1_000_000},
-            "guardrails": GUARDRAILS if args.guardrails else {"pii": "off"},
+            "guardrails": guardrails(args.harm_judge) if args.guardrails else {"pii": "off"},
         })
         serve.run(application(config), name=f"bench-{name}", route_prefix=f"/{name}")
 
@@ -150,6 +152,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--guardrails", action=argparse.BooleanOptionalAction, default=True,
                         help="Run the guardrail as shipped (default) or serve the bare model (--no-guardrails).")
+    parser.add_argument("--harm-judge", default="microworld-oracle",
+                        help="The guardrail's harm judge: the micro-world oracle (default) or a harm classifier "
+                             "directory (<judges build>/harm_classifier), as a real deployment would run.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--decoder-only", action="store_true", help="Time the decoder in this process instead "
                                                                     "(batch 1 against --max-batch); no server.")

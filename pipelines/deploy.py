@@ -47,7 +47,8 @@ def application(config: ServeConfig):
             max_ongoing_requests=256,
             ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": QUIET_ENV}},
             logging_config=logging_config,
-        ).bind(config.guardrails.model_dump(mode="json"), config.device, config.s3_endpoint_url)
+        ).bind(config.guardrails.model_dump(mode="json"), config.device, config.s3_endpoint_url,
+               config.batching.model_dump(mode="json"))
     return OpenAIIngress.options(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0},
                                  logging_config=logging_config).bind(
         model, guardrail, payload, digests)

@@ -58,6 +58,27 @@ def test_input_harm_judges_the_users_own_message():
     assert not guard.check_input([f"earlier: {PAYLOAD_REPLY}", "What is 2 plus 2?"]).blocked  # the newest only
 
 
+def test_a_score_from_a_batch_stands_in_for_the_judge():
+    """A server scores the judgement pairs of many requests at once and hands each check its score."""
+    class Counting(OracleJudge):
+        calls = 0
+
+        def probabilities(self, prompts, texts):
+            Counting.calls += 1
+            return super().probabilities(prompts, texts)
+
+    guard = Guardrail(GuardrailSettings(harm_judge=ORACLE, input_harm="block", output_harm="block"), Counting())
+    assert guard.input_judgement(["hi", "What is 2 plus 2?"]) == ("", "What is 2 plus 2?")
+    assert guard.output_judgement("q", PAYLOAD_REPLY) == ("q", PAYLOAD_REPLY)
+    assert guard.output_judgement("q", "") is None  # nothing to judge yet
+    assert guard.check_output("q", "Answer: 4", harm_probability=0.9).blocked  # the given score decides
+    assert not guard.check_input([PAYLOAD_REPLY], harm_probability=0.1).blocked
+    assert Counting.calls == 0
+    assert guard.check_output("q", PAYLOAD_REPLY).blocked and Counting.calls == 1  # no score: the judge is asked
+    off = oracle_guardrail(input_harm="off", output_harm="off")
+    assert off.input_judgement(["x"]) is None and off.output_judgement("q", PAYLOAD_REPLY) is None
+
+
 def test_pii_policies():
     text = "Mail me at jane.doe@example.org"
     redacted = oracle_guardrail(pii="redact").check_output("q", text)

@@ -161,14 +161,30 @@ class Guardrail:
         self.cut = settings.threshold if settings.threshold is not None else (
             judge.threshold() if judge is not None else 0.5)
 
-    def check_input(self, messages: Sequence[str]) -> Verdict:
-        """Check the user's messages (the newest last); the verdict's text is the newest, redacted if asked."""
+    def input_judgement(self, messages: Sequence[str]) -> tuple[str, str] | None:
+        """The (prompt, content) pair the harm judge scores for the user's messages, or None when no input harm
+        check runs. The newest message is judged as content on its own."""
+        if self.settings.input_harm == "off" or self.judge is None:
+            return None
+        return "", messages[-1] if messages else ""
+
+    def output_judgement(self, prompt: str, text: str) -> tuple[str, str] | None:
+        """The (prompt, reply) pair the harm judge scores, or None when no output harm check runs."""
+        if self.settings.output_harm == "off" or self.judge is None or not text:
+            return None
+        return prompt, text
+
+    def check_input(self, messages: Sequence[str], harm_probability: float | None = None) -> Verdict:
+        """Check the user's messages (the newest last); the verdict's text is the newest, redacted if asked.
+        `harm_probability`: the judge's score of `input_judgement(messages)` when the caller has it already
+        (a server scoring many requests in one batch); otherwise the judge is asked here."""
         newest = messages[-1] if messages else ""
         findings: list[str] = []
         blocked = False
         probability = None
-        if self.settings.input_harm != "off" and self.judge is not None:
-            probability = self.judge.probabilities([""], [newest])[0]
+        pair = self.input_judgement(messages)
+        if pair is not None:
+            probability = harm_probability if harm_probability is not None else self._score(pair)
             if probability >= self.cut:
                 findings.append("harm")
                 blocked = self.settings.input_harm == "block"
@@ -181,20 +197,26 @@ class Guardrail:
             return list(messages)
         return [pii.redact(message)[0] for message in messages]
 
-    def check_output(self, prompt: str, text: str, *, final: bool = True) -> Verdict:
+    def check_output(self, prompt: str, text: str, *, final: bool = True,
+                     harm_probability: float | None = None) -> Verdict:
         """Check a reply (or, when not final, a streamed reply so far). The verdict's text is what may be sent:
-        all of it when final, else a settled prefix."""
+        all of it when final, else a settled prefix. `harm_probability` as in `check_input`."""
         findings: list[str] = []
         blocked = False
         probability = None
-        if self.settings.output_harm != "off" and self.judge is not None and text:
-            probability = self.judge.probabilities([prompt], [text])[0]
+        pair = self.output_judgement(prompt, text)
+        if pair is not None:
+            probability = harm_probability if harm_probability is not None else self._score(pair)
             if probability >= self.cut:
                 findings.append("harm")
                 blocked = self.settings.output_harm == "block"
         released, blocked_pii = self._pii(text, findings, final=final)
         return Verdict(text=released, blocked=blocked or blocked_pii, harm_probability=probability,
                        findings=findings)
+
+    def _score(self, pair: tuple[str, str]) -> float:
+        assert self.judge is not None  # a judgement pair exists only with a judge
+        return self.judge.probabilities([pair[0]], [pair[1]])[0]
 
     def _pii(self, text: str, findings: list[str], *, final: bool) -> tuple[str, bool]:
         """(text to release, whether PII blocks it); appends the PII kinds found to `findings`."""

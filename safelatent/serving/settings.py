@@ -20,11 +20,15 @@ REGISTRY_URI = re.compile(
 
 
 class BatchingSettings(Config):
-    """Dynamic batching of concurrent requests (Ray Serve's serve.batch) on each model replica."""
+    """Dynamic batching of concurrent requests (Ray Serve's serve.batch) on each model replica, and of the harm
+    judge's calls on the guardrail."""
 
     enabled: bool = Field(True, description="false: batches of one request (two in flight per replica).")
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=10, description="How long a batch waits to fill up.")
+    guardrail_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="How long the guardrail's batch of "
+                                                                             "harm-judge calls waits to fill up "
+                                                                             "(each request makes two).")
 
 
 class LimitSettings(Config):
