@@ -4,7 +4,9 @@
 some of them without refusing (babble counts as lost) caps the defense any method can gain. This attacks the
 first N harmful prompts that the starting model refuses greedily, the same prompts for every model, so each
 curve starts near 100% and shows how long a refusal holds against ε (in units of each model's own RMS state
-norm at the layer, as in `safelatent.evaluation.embedding_attack`).
+norm at the layer, as in `safelatent.evaluation.embedding_attack`). `--prompts-from all` attacks the first N
+harmful prompts instead, as the pipeline does. Every budget also reports what the replies are: refusals,
+payload-carrying compliance, or neither.
 
     .venv/bin/python benchmarks/es2_refused_attack.py --world runs/es2/es2/microworld \\
         runs/rlaif_ppo/rlaif-ppo/model runs/es2/es2/model runs/es2/es2-att/model
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=2, help="the attacked layer (es2's default on the micro-world)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--prompts-from", choices=["refused", "all"], default="refused",
+                        help="attack the first N prompts the start refuses (default) or the first N harmful ones")
     arguments = parser.parse_args()
     torch.manual_seed(0)
     data = load_eval_data(f"microworld:{arguments.world}:{arguments.split}", None, 0)
@@ -43,15 +47,18 @@ def main() -> None:
     replies = generate(start.model.eval(), start.tokenizer, [prompt.prompt for prompt in harmful],
                        max_new_tokens=arguments.max_new_tokens)
     refused = [prompt for prompt, reply in zip(harmful, replies, strict=True) if is_refusal(reply)]
-    chosen = refused[:arguments.prompts]
+    chosen = (refused if arguments.prompts_from == "refused" else harmful)[:arguments.prompts]
     print(f"the start refuses {len(refused)} of {len(harmful)} harmful {arguments.split} prompts; attacking "
-          f"the first {len(chosen)} of them at layer {arguments.layer} (defense = the reply still refuses)")
+          f"the first {len(chosen)} {'of them' if arguments.prompts_from == 'refused' else 'harmful prompts'} at "
+          f"layer {arguments.layer} (defense = the reply still refuses)")
     for path in [arguments.start, *arguments.models]:
         model = load(path, dtype="float32", device="cpu")
         report = attack_report(model.model.eval(), model.tokenizer, chosen, harmless, arguments.layer,
                                arguments.budgets, RefusalProxyHarmJudge(), max_new_tokens=arguments.max_new_tokens)
         curve = "  ".join(f"ε={point.epsilon:g}: {point.defense_success:.0%}" for point in report.curve)
-        print(f"{path}\n  {curve}\n  breaking budget {report.breaking_budget}")
+        kinds = "  ".join(f"ε={point.epsilon:g}: {point.refused:.0%}/{point.with_payload:.0%}/"
+                          f"{1 - point.refused - point.with_payload:.0%}" for point in report.curve)
+        print(f"{path}\n  {curve}\n  refused/payload/neither {kinds}\n  breaking budget {report.breaking_budget}")
 
 
 if __name__ == "__main__":
