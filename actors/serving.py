@@ -93,17 +93,24 @@ class ModelServer:
                 "finish_reason": finish}
 
     async def generate(self, messages: list[dict[str, str]] | None, prompt: str | None,
-                       params: SamplingParams) -> AsyncIterator[dict[str, Any]]:
+                       params: SamplingParams, every: int = 1) -> AsyncIterator[dict[str, Any]]:
         """Stream one request: first {"prompt_tokens"} (or {"error"} and nothing more), then its deltas
-        ({"text", "completion_tokens", "finish_reason"})."""
+        ({"text", "completion_tokens", "finish_reason"}), one per `every` tokens and one at the end. A caller that
+        acts only every N tokens (the guardrail's streamed checks) asks for N: each message back costs the same
+        however many tokens it carries."""
         prepared = self.prepare(messages, prompt, params.max_tokens)
         if "error" in prepared:
             yield prepared
             return
         yield {"prompt_tokens": len(prepared["prompt_ids"])}
+        text, sent = "", 0
         async for delta in self._decode((prepared["prompt_ids"], params)):
-            yield {"text": delta.text, "completion_tokens": delta.completion_tokens,
-                   "finish_reason": delta.finish_reason}
+            text += delta.text
+            if delta.finish_reason is None and delta.completion_tokens - sent < every:
+                continue
+            sent = delta.completion_tokens
+            yield {"text": text, "completion_tokens": delta.completion_tokens, "finish_reason": delta.finish_reason}
+            text = ""
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=CONCURRENT_BATCHES)
     async def _decode(self, jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[list[Any]]:
@@ -336,7 +343,9 @@ class OpenAIIngress:
             else:
                 prompt = last_user = verdict["text"]
         if parsed.stream:
-            stream = self.model.options(stream=True).generate.remote(messages, prompt, sampling)
+            moderated = self.guardrail is not None and self.settings.guardrails.moderates_output
+            every = self.settings.guardrails.stream_check_tokens if moderated else 1
+            stream = self.model.options(stream=True).generate.remote(messages, prompt, sampling, every)
             head = await stream.__anext__()
             if "error" in head:
                 raise OpenAIError(400, head["error"], param="max_tokens", code="context_length_exceeded")
@@ -370,7 +379,7 @@ class OpenAIIngress:
         """SSE events: chunks of checked text, a last chunk with the finish reason, usage if asked, [DONE]."""
         moderated = self.guardrail is not None and self.settings.guardrails.moderates_output
         every = self.settings.guardrails.stream_check_tokens
-        raw, sent, completion_tokens, unchecked = "", "", 0, 0
+        raw, sent, completion_tokens, checked = "", "", 0, 0
         finish = FINISH_STOP
         started = time.perf_counter()
 
@@ -389,16 +398,15 @@ class OpenAIIngress:
             async for delta in stream:
                 raw += delta["text"]
                 completion_tokens = delta["completion_tokens"]
-                unchecked += 1
                 final = delta["finish_reason"] is not None
                 finish = delta["finish_reason"] or finish
                 if not moderated:
                     if delta["text"]:
                         yield chunk(content=delta["text"])
                     continue
-                if unchecked < every and not final:
+                if completion_tokens - checked < every and not final:
                     continue
-                unchecked = 0
+                checked = completion_tokens
                 verdict = await self.guardrail.check_output.remote(last_user, raw, final)
                 if verdict["found"] and (final or verdict["blocked"]):
                     self._count_hits("output", verdict)

@@ -63,10 +63,11 @@ def deploy(args: argparse.Namespace, port: int) -> None:
         serve.run(application(config), name=f"bench-{name}", route_prefix=f"/{name}")
 
 
-async def drive(url: str, key: str, concurrency: int, seconds: float, max_tokens: int) -> dict:
+async def drive(url: str, key: str, concurrency: int, seconds: float, max_tokens: int, stream: bool = False) -> dict:
     import aiohttp
 
     latencies: list[float] = []
+    first_tokens: list[float] = []  # streamed: seconds to the first chunk with content
     tokens = 0
     server_errors = 0
     other_failures = 0
@@ -79,22 +80,42 @@ async def drive(url: str, key: str, concurrency: int, seconds: float, max_tokens
         while time.perf_counter() < deadline:
             body = {"model": "bench", "temperature": 0, "max_tokens": max_tokens,
                     "messages": [{"role": "user", "content": PROMPTS[turn % len(PROMPTS)]}]}
+            if stream:
+                body.update(stream=True, stream_options={"include_usage": True})
             turn += 1
             started = time.perf_counter()
+            first = None
             try:
                 async with session.post(url, json=body, headers=headers) as response:
-                    answer = await response.json()
                     if response.status >= 500:
                         server_errors += 1
                         continue
                     if response.status != 200:
                         other_failures += 1
                         continue
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+                    if not stream:
+                        usage = (await response.json())["usage"]
+                    else:
+                        usage = None
+                        async for line in response.content:
+                            event = line.decode().strip()
+                            if not event.startswith("data: ") or event == "data: [DONE]":
+                                continue
+                            chunk = json.loads(event[len("data: "):])
+                            if "error" in chunk:
+                                raise ValueError(chunk["error"])
+                            if first is None and any(choice["delta"].get("content") for choice in chunk["choices"]):
+                                first = time.perf_counter() - started
+                            usage = chunk.get("usage") or usage
+                        if usage is None:
+                            raise ValueError("the stream ended without a usage chunk")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 other_failures += 1
                 continue
             latencies.append(time.perf_counter() - started)
-            tokens += answer["usage"]["completion_tokens"]
+            if first is not None:
+                first_tokens.append(first)
+            tokens += usage["completion_tokens"]
 
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -102,16 +123,19 @@ async def drive(url: str, key: str, concurrency: int, seconds: float, max_tokens
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await asyncio.gather(*(client(index, session) for index in range(concurrency)))
     elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
 
-    def quantile(q: float) -> float | None:
+    def quantile(values: list[float], q: float) -> float | None:
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
-    return {"requests": len(latencies), "seconds": round(elapsed, 2),
-            "requests_per_s": round(len(latencies) / elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
-            "p50_s": quantile(0.50), "p99_s": quantile(0.99),
-            "mean_s": statistics.fmean(latencies) if latencies else None,
-            "server_errors": server_errors, "other_failures": other_failures}
+    row = {"requests": len(latencies), "seconds": round(elapsed, 2),
+           "requests_per_s": round(len(latencies) / elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
+           "p50_s": quantile(latencies, 0.50), "p99_s": quantile(latencies, 0.99),
+           "mean_s": statistics.fmean(latencies) if latencies else None,
+           "server_errors": server_errors, "other_failures": other_failures}
+    if stream:
+        row.update(first_token_p50_s=quantile(first_tokens, 0.50), first_token_p99_s=quantile(first_tokens, 0.99))
+    return row
 
 
 def decoder_only(args: argparse.Namespace) -> None:
@@ -152,6 +176,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--guardrails", action=argparse.BooleanOptionalAction, default=True,
                         help="Run the guardrail as shipped (default) or serve the bare model (--no-guardrails).")
+    parser.add_argument("--stream", action="store_true",
+                        help="Stream every reply (SSE, as chat UIs do) and also report the time to the first token.")
     parser.add_argument("--harm-judge", default="microworld-oracle",
                         help="The guardrail's harm judge: the micro-world oracle (default) or a harm classifier "
                              "directory (<judges build>/harm_classifier), as a real deployment would run.")
@@ -175,19 +201,25 @@ def main() -> None:
         for level in args.levels:
             for name in ("on", "off"):
                 url = f"http://127.0.0.1:{port}/{name}/v1/chat/completions"
-                asyncio.run(drive(url, key.split(",")[0], level, min(3.0, args.seconds), args.max_tokens))  # warm
+                asyncio.run(drive(url, key.split(",")[0], level, min(3.0, args.seconds), args.max_tokens,
+                                  args.stream))  # warm
                 row = {"concurrency": level, "batching": name,
-                       **asyncio.run(drive(url, key.split(",")[0], level, args.seconds, args.max_tokens))}
+                       **asyncio.run(drive(url, key.split(",")[0], level, args.seconds, args.max_tokens,
+                                           args.stream))}
                 results.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\n{'conc':>4} {'batching':>8} {'req/s':>8} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'5xx':>4} {'fail':>4}")
+    first = f" {'TTFT p50':>8} {'TTFT p99':>8}" if args.stream else ""
+    print(f"\n{'conc':>4} {'batching':>8} {'req/s':>8} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7}{first} {'5xx':>4} "
+          f"{'fail':>4}")
     for row in results:
+        first = (f" {row['first_token_p50_s'] or 0:>8.3f} {row['first_token_p99_s'] or 0:>8.3f}" if args.stream
+                 else "")
         print(f"{row['concurrency']:>4} {row['batching']:>8} {row['requests_per_s']:>8.2f} {row['tokens_per_s']:>8.1f} "
-              f"{row['p50_s'] or 0:>7.3f} {row['p99_s'] or 0:>7.3f} {row['server_errors']:>4} "
+              f"{row['p50_s'] or 0:>7.3f} {row['p99_s'] or 0:>7.3f}{first} {row['server_errors']:>4} "
               f"{row['other_failures']:>4}")
     print("\nthroughput with batching / without, per concurrency:")
     ratios = {}
