@@ -59,7 +59,7 @@ def model_server_room(config: ServeConfig) -> int:
 
     The rest wait in the ingress. With batching off the replica still decodes one request at a time, but the
     waiting requests queue inside it: with room for fewer requests than clients, the ingress keeps offering
-    requests that the replica turns away, and that churn cost two thirds of the unbatched throughput at
+    requests that the replica turns away, and that churn cost over two thirds of the unbatched throughput at
     concurrency 32 (10 req/s with room for 8 against 35 req/s with room for 64; docs/serving.md).
     """
     return max(CONCURRENT_BATCHES * config.batching.max_batch_size, 8)
