@@ -16,12 +16,17 @@ import argparse
 
 import torch
 
-from safelatent.data.responses import is_refusal
+from safelatent.data.responses import contains_payload, is_refusal
 from safelatent.evaluation.data_spec import load_eval_data
-from safelatent.evaluation.embedding_attack import attack_report
+from safelatent.evaluation.embedding_attack import AttackPoint, attack_report
 from safelatent.evaluation.judges import RefusalProxyHarmJudge
 from safelatent.models.generate import generate
 from safelatent.models.loading import load
+
+
+def neither(point: AttackPoint) -> float:
+    """Share of the replies that neither refuse nor carry the payload (a refusal may carry it too)."""
+    return sum(not is_refusal(reply) and not contains_payload(reply) for reply in point.replies) / len(point.replies)
 
 
 def main() -> None:
@@ -56,8 +61,8 @@ def main() -> None:
         report = attack_report(model.model.eval(), model.tokenizer, chosen, harmless, arguments.layer,
                                arguments.budgets, RefusalProxyHarmJudge(), max_new_tokens=arguments.max_new_tokens)
         curve = "  ".join(f"ε={point.epsilon:g}: {point.defense_success:.0%}" for point in report.curve)
-        kinds = "  ".join(f"ε={point.epsilon:g}: {point.refused:.0%}/{point.with_payload:.0%}/"
-                          f"{1 - point.refused - point.with_payload:.0%}" for point in report.curve)
+        kinds = "  ".join(f"ε={point.epsilon:g}: {point.refused:.0%}/{point.with_payload:.0%}/{neither(point):.0%}"
+                          for point in report.curve)
         print(f"{path}\n  {curve}\n  refused/payload/neither {kinds}\n  breaking budget {report.breaking_budget}")
 
 

@@ -64,6 +64,9 @@ class SeparationSettings(Config):
                                                       "adversarial training; 0: off).")
     attack_budget: float = Field(0.5, gt=0, description="ε of that attack is drawn from [0, attack_budget] each step, "
                                                         "in units of the RMS state norm at the attack layer.")
+    attack_scope: Literal["first_token", "reply"] = Field(
+        "first_token", description="What the attack anchor keeps: the first reply token, or the starting model's "
+                                   "whole greedy refusal (of the harmful training prompts it refuses), teacher-forced.")
     relative: bool = Field(True, description="Measure d_ℓ in units of the current states' RMS norm, so inflating "
                                              "the states does not count as separation.")
     split: Split = "train"
@@ -186,6 +189,18 @@ def training_data(config: ES2Config, rows: dict[str, list[dict]]) -> dict[str, A
     return {"harmful": harmful, "harmless": harmless, "anchors": anchors}
 
 
+def starting_refusals(student, prompts: list[str], max_new_tokens: int = 32) -> dict[str, str]:
+    """The starting model's greedy replies (adapters off) to the prompts that it refuses, by prompt."""
+    from safelatent.data.responses import is_refusal
+    from safelatent.methods.safesteer import base_weights
+    from safelatent.models.generate import generate
+
+    with base_weights(student.model):
+        student.model.eval()
+        replies = generate(student.model, student.tokenizer, prompts, max_new_tokens=max_new_tokens)
+    return {prompt: reply for prompt, reply in zip(prompts, replies, strict=True) if is_refusal(reply)}
+
+
 def train_loop(loop_config: dict) -> None:
     """One Ray Train worker: ES2 steps on its share of each step's prompts."""
     from cluster.train import report
@@ -207,13 +222,18 @@ def train_loop(loop_config: dict) -> None:
                          attack_layer=loop_config["attack_layer"], attack_budget=settings.attack_budget,
                          seed=loop_config["seed"] + student.start_step,
                          max_grad_norm=student_settings.max_grad_norm)
+    refusals = None
+    if settings.attack_beta and settings.attack_scope == "reply":
+        refusals = starting_refusals(student, loop_config["harmful"])
     log = StepLog(loop_config)
     seed = loop_config["seed"]
     for step in range(student.start_step, student_settings.steps):
         anchors = rank_slice(loop_config["anchors"], settings.anchors_per_step, seed, step, "anchors")
-        metrics = trainer.step(rank_slice(loop_config["harmful"], settings.harmful_per_step, seed, step, "harmful"),
+        harmful = rank_slice(loop_config["harmful"], settings.harmful_per_step, seed, step, "harmful")
+        metrics = trainer.step(harmful,
                                rank_slice(loop_config["harmless"], settings.harmless_per_step, seed, step, "harmless"),
-                               [prompt for prompt, _ in anchors], [reply for _, reply in anchors])
+                               [prompt for prompt, _ in anchors], [reply for _, reply in anchors],
+                               None if refusals is None else [refusals.get(prompt) for prompt in harmful])
         log.log(metrics, step)
         report({"step": step, **metrics}, saver(student, step) if checkpoint_due(step, student_settings) else None)
 

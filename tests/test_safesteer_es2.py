@@ -11,6 +11,7 @@ from safelatent.methods.es2 import (
     default_layers,
     harmless_text_inputs,
     last_prompt_states,
+    reply_prediction_mask,
     separation_loss,
     separation_reference,
 )
@@ -24,7 +25,7 @@ from safelatent.methods.safesteer import (
     vote_safety_tokens,
 )
 from safelatent.methods.vocab_divergence import forward_kl, reverse_kl
-from safelatent.models.generate import encode_prompts
+from safelatent.models.generate import chat_prompt, encode_prompts
 from safelatent.models.hooks import add_vector
 from safelatent.models.loading import load
 from safelatent.models.lora import LoraSettings, apply_lora
@@ -194,3 +195,44 @@ def test_the_attack_anchor_descends_the_kl_under_the_embedding_attack(lora_model
     assert "attacked_first_token_kl" not in off
     with pytest.raises(ValueError, match="attack layer 2 must be one of the separated layers"):
         ES2Trainer(model, tokenizer, reference, optimizer, attack_beta=1.0, attack_layer=2)
+
+
+def test_the_reply_anchor_keeps_whole_refusals_under_the_attack(lora_model):
+    model, tokenizer = lora_model
+    reference = separation_reference(model, tokenizer, HARMFUL, HARMLESS, default_layers(model))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05)
+    refusals = ["I can't help with that.", None, "Sorry, I won't.", "I cannot do that, it hurts people."]
+    kept = [index for index, reply in enumerate(refusals) if reply]
+    inputs = harmless_text_inputs(model, tokenizer, [HARMFUL[i] for i in kept], [refusals[i] for i in kept])
+    mask = reply_prediction_mask(tokenizer, [HARMFUL[i] for i in kept], inputs["attention_mask"])
+    for row, index in enumerate(kept):  # the positions that predict the refusal's tokens, and only those
+        prompt_length = len(tokenizer(chat_prompt(tokenizer, HARMFUL[index]), add_special_tokens=False)["input_ids"])
+        reply_length = int(inputs["attention_mask"][row].sum()) - prompt_length
+        assert mask[row].nonzero().flatten().tolist() == list(range(prompt_length - 1,
+                                                                    prompt_length + reply_length - 1))
+    with torch.no_grad():
+        states = last_prompt_states(model, tokenizer, HARMFUL + HARMLESS, [1], grad=False)[1]
+    direction = states[4:].mean(0) - states[:4].mean(0)
+    size = random.Random(3).uniform(0.0, 8.0) * float(states.pow(2).sum(-1).mean().sqrt())
+
+    def attacked_kl() -> float:
+        with torch.no_grad():
+            with base_weights(model):
+                start = model(**inputs).logits
+            with add_vector(model, 1, direction / direction.norm(), scale=size):
+                pushed = model(**inputs).logits
+        return float(forward_kl(pushed, start, mask))
+
+    before = attacked_kl()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0)
+    trainer = ES2Trainer(model, tokenizer, reference, optimizer, margin=0.01, beta=0.0, decision_beta=0.0,
+                         attack_beta=1.0, attack_budget=8.0, seed=3, max_grad_norm=1e9)
+    metrics = trainer.step(HARMFUL, HARMLESS, HARMLESS, REPLIES, harmful_replies=refusals)
+    model.eval()
+    assert metrics["attacked_reply_kl"] == pytest.approx(before, rel=1e-4) and "attacked_first_token_kl" not in metrics
+    assert attacked_kl() < 0.9 * before, (before, attacked_kl())
+    with pytest.raises(ValueError, match="3 harmful replies for 4 harmful prompts"):
+        trainer.step(HARMFUL, HARMLESS, HARMLESS, REPLIES, harmful_replies=refusals[:3])

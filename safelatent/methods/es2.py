@@ -31,6 +31,12 @@ the report measures. At the attack layer a (one of L), u is the batch's unit har
 from [0, `attack_budget`] and adds ε·r_a·u at every position of the harmful prompts, and the first reply
 token must stay what the starting model says unattacked. It is computed from training prompts on the model
 as it trains, while the report attacks with the test prompts' direction on the finished model.
+
+With refusals given (`step(..., harmful_replies=...)`, the starting model's own greedy refusals of the harmful
+prompts), L_att keeps the whole refusal instead of its first token: under the same attack, teacher-forced on
+prompt + refusal, the KL to the unattacked starting model at every position that predicts a refusal token
+(L_att-reply). On the micro-world the attack breaks refusals by garbling them after a correct first token
+("I'm a harm a harm a germ"), which the first-token anchor does not see (docs/es2.md).
 """
 
 import random
@@ -161,7 +167,12 @@ class ES2Trainer:
         self.trained = trained if trained is not None else model
 
     def step(self, harmful: Sequence[str], harmless: Sequence[str], anchor_prompts: Sequence[str],
-             anchor_replies: Sequence[str]) -> dict[str, float]:
+             anchor_replies: Sequence[str], harmful_replies: Sequence[str | None] | None = None
+             ) -> dict[str, float]:
+        """One optimiser step. `harmful_replies` (aligned with `harmful`, None where there is none): the
+        starting model's refusals for the attack anchor to keep whole; without them it keeps the first token."""
+        if harmful_replies is not None and len(harmful_replies) != len(harmful):
+            raise ValueError(f"{len(harmful_replies)} harmful replies for {len(harmful)} harmful prompts")
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         # Two forward passes with different layouts, so two backward passes; under DDP the first accumulates
@@ -187,7 +198,10 @@ class ES2Trainer:
                 base = self.reference.distances
                 separation = separation_loss(distances, base, self.reference.scales, self.margin)
             (separation + self.decision_beta * decision).backward()
-            attacked = self._attack_anchor(encoded, states, base_first, split) if self.attack_beta else None
+            attacked = None
+            if self.attack_beta:
+                attacked = (self._attack_anchor(encoded, states, base_first, split) if harmful_replies is None
+                            else self._reply_anchor(harmful, harmful_replies, states, split))
         inputs = harmless_text_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
         with torch.no_grad(), base_weights(self.model):
             base_logits = self.model(**inputs, use_cache=False).logits
@@ -204,27 +218,65 @@ class ES2Trainer:
                    "kl_to_base": float(anchor.detach()), "first_token_kl": float(decision.detach()),
                    "grad_norm": float(grad_norm)}
         if attacked is not None:
-            metrics["attacked_first_token_kl"] = attacked
+            metrics["attacked_first_token_kl" if harmful_replies is None else "attacked_reply_kl"] = attacked
         for layer, distance in distances.items():
             metrics[f"separation/layer{layer}"] = float(distance.detach()) / base[layer]
         return metrics
 
-    def _attack_anchor(self, encoded: dict, states: dict[int, torch.Tensor], base_first: torch.Tensor,
-                       split: int) -> float:
-        """Backpropagate α·L_att (the module docstring) for the harmful prompts [:split]; returns L_att."""
+    def _attack(self, states: dict[int, torch.Tensor], split: int) -> tuple[torch.Tensor, float] | None:
+        """This step's attack: the unit harmful → safe direction at the attack layer and ε·r (None if degenerate)."""
         layer_states = states[self.attack_layer].detach()
         direction = layer_states[split:].mean(0) - layer_states[:split].mean(0)
         if not float(direction.norm()) > 0:
-            return 0.0
+            return None
         scale = float(layer_states.pow(2).sum(-1).mean().sqrt())
-        epsilon = self.budgets.uniform(0.0, self.attack_budget)
+        return direction / direction.norm(), self.budgets.uniform(0.0, self.attack_budget) * scale
+
+    def _reply_anchor(self, harmful: Sequence[str], replies: Sequence[str | None], states: dict[int, torch.Tensor],
+                      split: int) -> float:
+        """Backpropagate α·L_att-reply (the module docstring) for the harmful prompts that have a refusal."""
+        attack = self._attack(states, split)
+        kept = [(prompt, reply) for prompt, reply in zip(harmful, replies, strict=True) if reply]
+        if attack is None or not kept:
+            return 0.0
+        direction, size = attack
+        inputs = harmless_text_inputs(self.model, self.tokenizer, [prompt for prompt, _ in kept],
+                                      [reply for _, reply in kept])
+        mask = reply_prediction_mask(self.tokenizer, [prompt for prompt, _ in kept], inputs["attention_mask"])
+        with torch.no_grad(), base_weights(self.model):
+            start_logits = self.model(**inputs, use_cache=False).logits
+        with add_vector(self.model, self.attack_layer, direction, scale=size):
+            logits = self.trained(**inputs, use_cache=False).logits
+        attacked = forward_kl(logits, start_logits, mask)
+        (self.attack_beta * attacked).backward()
+        return float(attacked.detach())
+
+    def _attack_anchor(self, encoded: dict, states: dict[int, torch.Tensor], base_first: torch.Tensor,
+                       split: int) -> float:
+        """Backpropagate α·L_att (the module docstring) for the harmful prompts [:split]; returns L_att."""
+        attack = self._attack(states, split)
+        if attack is None:
+            return 0.0
+        direction, size = attack
         harmful = {key: value[:split] for key, value in encoded.items()}
-        with add_vector(self.model, self.attack_layer, direction / direction.norm(), scale=epsilon * scale):
+        with add_vector(self.model, self.attack_layer, direction, scale=size):
             logits = self.trained(**harmful, use_cache=False, logits_to_keep=1).logits[:, -1]
         every_prompt = torch.ones(split, 1, device=logits.device)
         attacked = forward_kl(logits[:, None], base_first[:split, None], every_prompt)
         (self.attack_beta * attacked).backward()
         return float(attacked.detach())
+
+
+def reply_prediction_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                          attention_mask: torch.Tensor) -> torch.Tensor:
+    """[n, T] float mask of the positions whose next token is a reply token, for right-padded prompt + reply rows
+    (as `harmless_text_inputs` builds them): from the last prompt token to the one before the reply's last."""
+    mask = torch.zeros_like(attention_mask, dtype=torch.float)
+    for row, prompt in enumerate(prompts):
+        start = len(tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]) - 1
+        end = int(attention_mask[row].sum()) - 1
+        mask[row, start:end] = 1.0
+    return mask
 
 
 def _chunked_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
