@@ -54,18 +54,18 @@ class SeparationSettings(Config):
 
     layers: list[int] | None = Field(None, description="Layers L whose last-prompt-token states are separated; "
                                                        "null: 25% to 75% of the depth.")
-    margin: float = Field(2.5, gt=0, description="m: no reward once d_ℓ ≥ m·d_ℓ⁰.")
+    margin: float = Field(1.5, gt=0, description="m: no reward once d_ℓ ≥ m·d_ℓ⁰.")
     beta: float = Field(1.0, ge=0, description="Weight of the KL to the base on harmless exchanges.")
     decision_beta: float = Field(1.0, ge=0, description="Weight of the KL to the starting model of the first reply "
                                                          "token on the separated prompts (harmful ones included), "
                                                          "which keeps the refusal the separation would unlearn.")
-    attack_beta: float = Field(0.0, ge=0, description="Weight of the first reply token's KL to the starting model on "
-                                                      "harmful prompts under the embedding attack (latent "
-                                                      "adversarial training; 0: off).")
+    attack_beta: float = Field(1.0, ge=0, description="Weight of the KL to the starting model on harmful prompts "
+                                                      "under the embedding attack (latent adversarial training; "
+                                                      "0: off); what it keeps is attack_scope.")
     attack_budget: float = Field(0.5, gt=0, description="ε of that attack is drawn from [0, attack_budget] each step, "
                                                         "in units of the RMS state norm at the attack layer.")
     attack_scope: Literal["first_token", "reply"] = Field(
-        "first_token", description="What the attack anchor keeps: the first reply token, or the starting model's "
+        "reply", description="What the attack anchor keeps: the first reply token, or the starting model's "
                                    "whole greedy refusal (of the harmful training prompts it refuses), teacher-forced.")
     relative: bool = Field(True, description="Measure d_ℓ in units of the current states' RMS norm, so inflating "
                                              "the states does not count as separation.")
@@ -171,7 +171,8 @@ def check_layers(config: ES2Config, model: str) -> list[int]:
     attacked = layers[len(layers) // 2] if config.attack.layer is None else config.attack.layer % count
     if config.separation.attack_beta and attacked not in layers:
         raise ConfigError(f"separation.attack_beta trains against the attack at layer {attacked}, which is not one "
-                          f"of the separated layers {layers}: add it to separation.layers or set attack.layer")
+                          f"of the separated layers {layers}: add it to separation.layers, set attack.layer, or turn "
+                          "the training against the attack off with separation.attack_beta=0")
     return layers
 
 

@@ -88,6 +88,7 @@ def test_es2_on_two_ray_train_workers_resumes_and_reports_the_embedding_attack(r
     report = json.loads((result.out_dir / ES2_REPORT).read_text())
     assert report["layers"] == [0, 1] and report["final_step_metrics"]["step"] == 1
     assert report["final_step_metrics"]["separation/layer0"] > 0 and not report["resumed"]
+    assert report["final_step_metrics"]["attacked_reply_kl"] >= 0  # the shipped config keeps whole refusals
     for role in ("start", "trained"):
         attack = report[f"attack_{role}"]
         assert [point["epsilon"] for point in attack["curve"]] == [0.0, 1.0, 4.0]
@@ -100,7 +101,7 @@ def test_es2_on_two_ray_train_workers_resumes_and_reports_the_embedding_attack(r
                            "evaluation.enabled=false"))
     resumed = run_es2(es2_config(tiny_llama_dir, tiny_world, tmp_path, "student.steps=3", "attack.enabled=false",
                                  "evaluation.enabled=false", "tracking.registered_model=null",
-                                 "separation.attack_beta=1"), resume=True)
+                                 "separation.attack_scope=first_token"), resume=True)
     assert resumed.report["resumed"] and resumed.report["final_step_metrics"]["step"] == 2
     assert resumed.report["final_step_metrics"]["attacked_first_token_kl"] >= 0
     history = MlflowClient(tracking_uri=config.tracking.uri).get_metric_history(
