@@ -156,19 +156,24 @@ def test_es2_raises_the_class_distance_while_the_kl_on_harmless_inputs_stays_sma
 
 
 
-def test_the_attack_anchor_descends_the_kl_under_the_embedding_attack(lora_model):
-    model, tokenizer = lora_model
+def attack_setup(model, tokenizer):
+    """(separation reference, unit harmful → safe direction at layer 1, ε·scale of the trainer's first step with
+    seed 3 and budget 8), after moving the adapters off zero so the attacked model differs from the start and the
+    KL has a gradient."""
     reference = separation_reference(model, tokenizer, HARMFUL, HARMLESS, default_layers(model))
-    # Move the adapters off zero first, so the attacked model differs from the start and the KL has a gradient.
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.05)
-    with torch.no_grad():
         states = last_prompt_states(model, tokenizer, HARMFUL + HARMLESS, [1], grad=False)[1]
     direction = states[4:].mean(0) - states[:4].mean(0)
-    scale = float(states.pow(2).sum(-1).mean().sqrt())
-    epsilon = random.Random(3).uniform(0.0, 8.0)  # the budget the trainer seeded with 3 draws first
+    size = random.Random(3).uniform(0.0, 8.0) * float(states.pow(2).sum(-1).mean().sqrt())
+    return reference, direction / direction.norm(), size
+
+
+def test_the_attack_anchor_descends_the_kl_under_the_embedding_attack(lora_model):
+    model, tokenizer = lora_model
+    reference, direction, size = attack_setup(model, tokenizer)
     encoded = encode_prompts(model, tokenizer, HARMFUL)
 
     def attacked_kl() -> float:
@@ -176,7 +181,7 @@ def test_the_attack_anchor_descends_the_kl_under_the_embedding_attack(lora_model
         with torch.no_grad():
             with base_weights(model):
                 start = model(**encoded).logits[:, -1]
-            with add_vector(model, 1, direction / direction.norm(), scale=epsilon * scale):
+            with add_vector(model, 1, direction, scale=size):
                 pushed = model(**encoded).logits[:, -1]
         return float(forward_kl(pushed[:, None], start[:, None], torch.ones(4, 1)))
 
@@ -199,11 +204,7 @@ def test_the_attack_anchor_descends_the_kl_under_the_embedding_attack(lora_model
 
 def test_the_reply_anchor_keeps_whole_refusals_under_the_attack(lora_model):
     model, tokenizer = lora_model
-    reference = separation_reference(model, tokenizer, HARMFUL, HARMLESS, default_layers(model))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.05)
+    reference, direction, size = attack_setup(model, tokenizer)
     refusals = ["I can't help with that.", None, "Sorry, I won't.", "I cannot do that, it hurts people."]
     kept = [index for index, reply in enumerate(refusals) if reply]
     inputs = harmless_text_inputs(model, tokenizer, [HARMFUL[i] for i in kept], [refusals[i] for i in kept])
@@ -213,16 +214,12 @@ def test_the_reply_anchor_keeps_whole_refusals_under_the_attack(lora_model):
         reply_length = int(inputs["attention_mask"][row].sum()) - prompt_length
         assert mask[row].nonzero().flatten().tolist() == list(range(prompt_length - 1,
                                                                     prompt_length + reply_length - 1))
-    with torch.no_grad():
-        states = last_prompt_states(model, tokenizer, HARMFUL + HARMLESS, [1], grad=False)[1]
-    direction = states[4:].mean(0) - states[:4].mean(0)
-    size = random.Random(3).uniform(0.0, 8.0) * float(states.pow(2).sum(-1).mean().sqrt())
 
     def attacked_kl() -> float:
         with torch.no_grad():
             with base_weights(model):
                 start = model(**inputs).logits
-            with add_vector(model, 1, direction / direction.norm(), scale=size):
+            with add_vector(model, 1, direction, scale=size):
                 pushed = model(**inputs).logits
         return float(forward_kl(pushed, start, mask))
 
