@@ -65,8 +65,8 @@ class SeparationSettings(Config):
     attack_budget: float = Field(0.5, gt=0, description="ε of that attack is drawn from [0, attack_budget] each step, "
                                                         "in units of the RMS state norm at the attack layer.")
     attack_scope: Literal["first_token", "reply"] = Field(
-        "reply", description="What the attack anchor keeps: the first reply token, or the starting model's "
-                                   "whole greedy refusal (of the harmful training prompts it refuses), teacher-forced.")
+        "reply", description="What the attack anchor keeps: the first reply token, or the starting model's whole "
+                             "greedy refusal (of the harmful training prompts it refuses), teacher-forced.")
     relative: bool = Field(True, description="Measure d_ℓ in units of the current states' RMS norm, so inflating "
                                              "the states does not count as separation.")
     split: Split = "train"

@@ -9,7 +9,7 @@ from safelatent.methods.es2 import (
     ES2Trainer,
     class_distance,
     default_layers,
-    harmless_text_inputs,
+    exchange_inputs,
     last_prompt_states,
     reply_prediction_mask,
     separation_loss,
@@ -78,7 +78,7 @@ def test_the_teacher_is_the_steered_base_and_leaves_the_student_untouched(lora_m
         if parameter.requires_grad:
             torch.nn.init.normal_(parameter, std=0.05)
     refusal = planted_refusal(model, [5])
-    inputs = harmless_text_inputs(model, tokenizer, HARMLESS, REPLIES)
+    inputs = exchange_inputs(model, tokenizer, HARMLESS, REPLIES)
     with torch.no_grad():
         student = model(**inputs).logits
         with base_weights(model):
@@ -146,7 +146,7 @@ def test_es2_raises_the_class_distance_while_the_kl_on_harmless_inputs_stays_sma
                          .sqrt())
         base = reference.distances[layer] / reference.scales[layer]
         assert relative > 2.0 * base, (layer, relative, base)
-    inputs = harmless_text_inputs(model, tokenizer, HARMLESS, REPLIES)
+    inputs = exchange_inputs(model, tokenizer, HARMLESS, REPLIES)
     with torch.no_grad():
         with base_weights(model):
             base = model(**inputs).logits
@@ -207,7 +207,7 @@ def test_the_reply_anchor_keeps_whole_refusals_under_the_attack(lora_model):
     reference, direction, size = attack_setup(model, tokenizer)
     refusals = ["I can't help with that.", None, "Sorry, I won't.", "I cannot do that, it hurts people."]
     kept = [index for index, reply in enumerate(refusals) if reply]
-    inputs = harmless_text_inputs(model, tokenizer, [HARMFUL[i] for i in kept], [refusals[i] for i in kept])
+    inputs = exchange_inputs(model, tokenizer, [HARMFUL[i] for i in kept], [refusals[i] for i in kept])
     mask = reply_prediction_mask(tokenizer, [HARMFUL[i] for i in kept], inputs["attention_mask"])
     for row, index in enumerate(kept):  # the positions that predict the refusal's tokens, and only those
         prompt_length = len(tokenizer(chat_prompt(tokenizer, HARMFUL[index]), add_special_tokens=False)["input_ids"])

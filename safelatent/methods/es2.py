@@ -129,9 +129,9 @@ def separation_reference(model: nn.Module, tokenizer: PreTrainedTokenizerBase, h
     return SeparationReference(tuple(layers), distances, scales)
 
 
-def harmless_text_inputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                         replies: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Right-padded chat exchanges (prompt + reply) for the KL anchor, with their attention mask."""
+def exchange_inputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                    replies: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Right-padded chat exchanges (prompt + reply) for the KL anchors, with their attention mask."""
     texts = [chat_prompt(tokenizer, prompt) + reply for prompt, reply in zip(prompts, replies, strict=True)]
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "right"
@@ -202,7 +202,7 @@ class ES2Trainer:
             if self.attack_beta:
                 attacked = (self._attack_anchor(encoded, states, base_first, split) if harmful_replies is None
                             else self._reply_anchor(harmful, harmful_replies, states, split))
-        inputs = harmless_text_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
+        inputs = exchange_inputs(self.model, self.tokenizer, anchor_prompts, anchor_replies)
         with torch.no_grad(), base_weights(self.model):
             base_logits = self.model(**inputs, use_cache=False).logits
         logits = self.trained(**inputs, use_cache=False).logits
@@ -240,7 +240,7 @@ class ES2Trainer:
         if attack is None or not kept:
             return 0.0
         direction, size = attack
-        inputs = harmless_text_inputs(self.model, self.tokenizer, [prompt for prompt, _ in kept],
+        inputs = exchange_inputs(self.model, self.tokenizer, [prompt for prompt, _ in kept],
                                       [reply for _, reply in kept])
         mask = reply_prediction_mask(self.tokenizer, [prompt for prompt, _ in kept], inputs["attention_mask"])
         with torch.no_grad(), base_weights(self.model):
@@ -270,7 +270,7 @@ class ES2Trainer:
 def reply_prediction_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                           attention_mask: torch.Tensor) -> torch.Tensor:
     """[n, T] float mask of the positions whose next token is a reply token, for right-padded prompt + reply rows
-    (as `harmless_text_inputs` builds them): from the last prompt token to the one before the reply's last."""
+    (as `exchange_inputs` builds them): from the last prompt token to the one before the reply's last."""
     mask = torch.zeros_like(attention_mask, dtype=torch.float)
     for row, prompt in enumerate(prompts):
         start = len(tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]) - 1
