@@ -71,6 +71,24 @@ def test_a_nan_reward_stops_the_step_without_touching_the_weights(tiny_llama_dir
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
 
 
+def test_unscaled_group_advantages_leave_replies_that_score_alike_alone(tiny_llama_dir):
+    """SLS-RLAIF's estimator (docs/sls.md): A = R − mean of the prompt's samples, neither scaled nor whitened, so
+    the samples of a prompt that all score the same get no push at all, and the others move by reward units."""
+    loaded = load(tiny_llama_dir, device="cpu")
+    batch = sample(loaded.model, loaded.tokenizer, PROMPTS[:2], samples_per_prompt=2, max_new_tokens=4, seed=0)
+    first = batch.group_ids == batch.group_ids[0]
+    rewards = torch.where(first, torch.tensor(1.5), torch.arange(len(batch), dtype=torch.float32))
+    settings = PPOSettings(estimator="grpo", scale_by_group_std=False, whiten_advantages=False)
+    advantages = compute_advantages(batch, rewards, batch.logprobs, None, settings, 1.0).advantages
+    mask = batch.response_mask.bool()
+    assert torch.equal(advantages[first], torch.zeros_like(advantages[first]))
+    others = rewards[~first] - rewards[~first].mean()
+    assert torch.allclose(advantages[~first][mask[~first]],
+                          others[:, None].expand_as(advantages[~first])[mask[~first]])
+    scaled = compute_advantages(batch, rewards, batch.logprobs, None, PPOSettings(estimator="grpo"), 1.0)
+    assert scaled.advantages[~first][mask[~first]].abs().max() > others.abs().max()  # whitening rescales them
+
+
 def test_gae_without_values_is_a_clear_error(tiny_llama_dir):
     loaded = load(tiny_llama_dir, device="cpu")
     batch = sample(loaded.model, loaded.tokenizer, PROMPTS[:1], max_new_tokens=4, seed=0)
