@@ -130,42 +130,48 @@ class ModelServer:
 
 @serve.deployment
 class Guardrail:
-    """The harm judge and PII checks (safelatent.serving.guardrails) as a deployment of their own. The harm
-    judge scores the checks that arrive together in one batch (serve.batch): one classifier forward for many
-    requests."""
+    """The harm judge and PII checks (safelatent.serving.guardrails) as a deployment of their own. Each call
+    carries a batch of checks (the ingress gathers the checks that arrive together) and the harm judge scores
+    them in one forward."""
 
-    def __init__(self, settings: dict[str, Any], device: str = "auto", s3_endpoint_url: str | None = None,
-                 batching: dict[str, Any] | None = None):
+    def __init__(self, settings: dict[str, Any], device: str = "auto", s3_endpoint_url: str | None = None):
         from safelatent.serving.guardrails import Guardrail as Checks
         from safelatent.serving.guardrails import load_judge
-        from safelatent.serving.settings import BatchingSettings
 
         parsed = GuardrailSettings.model_validate(settings)
         judge = load_judge(parsed.harm_judge, device=device, endpoint_url=s3_endpoint_url) if parsed.judges else None
         self.checks = Checks(parsed, judge)
-        batched = BatchingSettings.model_validate(batching or {})
-        self._judge.set_max_batch_size(batched.max_batch_size if batched.enabled else 1)
-        self._judge.set_batch_wait_timeout_s(batched.guardrail_wait_timeout_s if batched.enabled else 0.0)
 
-    async def check_input(self, user_messages: list[str], all_messages: list[str]) -> dict[str, Any]:
-        """The verdict on the newest user message, with every message of the conversation redacted as the PII
-        policy says ("messages"), in one call."""
-        pair = self.checks.input_judgement(user_messages)
-        probability = await self._judge(pair) if pair is not None else None
-        verdict = self.checks.check_input(user_messages, harm_probability=probability)
-        return {**verdict.report(), "text": verdict.text, "messages": self.checks.redact_messages(all_messages)}
+    async def check_inputs(self, requests: list[tuple[list[str], list[str]]]) -> list[dict[str, Any]]:
+        """For each (user messages, all messages): the verdict on the newest user message, with every message of
+        the conversation redacted as the PII policy says ("messages")."""
+        scores = await self._score([self.checks.input_judgement(users) for users, _ in requests])
+        verdicts = []
+        for (users, every), probability in zip(requests, scores, strict=True):
+            verdict = self.checks.check_input(users, harm_probability=probability)
+            verdicts.append({**verdict.report(), "text": verdict.text,
+                             "messages": self.checks.redact_messages(every)})
+        return verdicts
 
-    async def check_output(self, prompt: str, text: str, final: bool = True) -> dict[str, Any]:
-        pair = self.checks.output_judgement(prompt, text)
-        probability = await self._judge(pair) if pair is not None else None
-        verdict = self.checks.check_output(prompt, text, final=final, harm_probability=probability)
-        return {**verdict.report(), "text": verdict.text}
+    async def check_outputs(self, requests: list[tuple[str, str, bool]]) -> list[dict[str, Any]]:
+        """For each (prompt, reply so far, whether it is final): the verdict and the text that may be sent."""
+        scores = await self._score([self.checks.output_judgement(prompt, text) for prompt, text, _ in requests])
+        verdicts = []
+        for (prompt, text, final), probability in zip(requests, scores, strict=True):
+            verdict = self.checks.check_output(prompt, text, final=final, harm_probability=probability)
+            verdicts.append({**verdict.report(), "text": verdict.text})
+        return verdicts
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _judge(self, pairs: list[tuple[str, str]]) -> list[float]:
+    async def _score(self, pairs: list[tuple[str, str] | None]) -> list[float | None]:
+        """The judge's harm probability for every pair that needs one, in one forward; None for the others."""
+        asked = [pair for pair in pairs if pair is not None]
+        if not asked:
+            return [None] * len(pairs)
         judge = self.checks.judge
         assert judge is not None  # a judgement pair exists only with a judge
-        return await asyncio.to_thread(judge.probabilities, [pair[0] for pair in pairs], [pair[1] for pair in pairs])
+        scores = iter(await asyncio.to_thread(judge.probabilities, [pair[0] for pair in asked],
+                                              [pair[1] for pair in asked]))
+        return [next(scores) if pair is not None else None for pair in pairs]
 
 
 app = FastAPI(title="safelatent", description="An OpenAI-compatible API for safelatent models, with guardrails.")
@@ -209,6 +215,10 @@ class OpenAIIngress:
         self.guardrail_hits = metrics.Counter("safelatent_serve_guardrail_hits", "Guardrail findings by check and "
                                                                                  "action.", tag_keys=("check",
                                                                                                       "action"))
+        batching = self.settings.batching
+        for batched in (self._check_inputs, self._check_outputs):
+            batched.set_max_batch_size(batching.max_batch_size if batching.enabled else 1)
+            batched.set_batch_wait_timeout_s(batching.guardrail_wait_timeout_s if batching.enabled else 0.0)
 
     # ---- routes -------------------------------------------------------------------------------------------
 
@@ -306,6 +316,17 @@ class OpenAIIngress:
                               code="max_tokens_too_large")
         return parsed
 
+    # The guardrail checks that arrive together go to the guardrail as one call (serve.batch, waiting at most
+    # `batching.guardrail_wait_timeout_s`): one message each way and one judge forward for many requests, instead
+    # of a Ray call per check. Batching off: one check per call.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def _check_inputs(self, requests: list[tuple[list[str], list[str]]]) -> list[dict[str, Any]]:
+        return await self.guardrail.check_inputs.remote(requests)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def _check_outputs(self, requests: list[tuple[str, str, bool]]) -> list[dict[str, Any]]:
+        return await self.guardrail.check_outputs.remote(requests)
+
     async def _models(self, request: Request, caller: str) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [
             {"id": self.name, "object": "model", "created": self.created, "owned_by": "safelatent"}]})
@@ -328,8 +349,8 @@ class OpenAIIngress:
         sampling = parsed.sampling(self.settings.limits.default_max_tokens)
         report: dict[str, Any] = {}
         if self.guardrail is not None:
-            verdict = await self.guardrail.check_input.remote(
-                user_texts, [message["content"] for message in messages] if chat else [prompt])
+            verdict = await self._check_inputs((user_texts, [message["content"] for message in messages] if chat
+                                                else [prompt]))
             if verdict["found"]:
                 report["input"] = {key: verdict[key] for key in ("blocked", "found", "harm_probability")
                                    if key in verdict}
@@ -360,7 +381,7 @@ class OpenAIIngress:
         prompt_tokens = reply["prompt_tokens"]
         self._count_tokens(completion_tokens, time.perf_counter() - started)
         if self.guardrail is not None and self.settings.guardrails.moderates_output:
-            verdict = await self.guardrail.check_output.remote(last_user, text, True)
+            verdict = await self._check_outputs((last_user, text, True))
             if verdict["found"]:
                 report["output"] = {key: verdict[key] for key in ("blocked", "found", "harm_probability")
                                     if key in verdict}
@@ -407,7 +428,7 @@ class OpenAIIngress:
                 if completion_tokens - checked < every and not final:
                     continue
                 checked = completion_tokens
-                verdict = await self.guardrail.check_output.remote(last_user, raw, final)
+                verdict = await self._check_outputs((last_user, raw, final))
                 if verdict["found"] and (final or verdict["blocked"]):
                     self._count_hits("output", verdict)
                 if verdict["blocked"]:

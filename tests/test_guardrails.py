@@ -79,6 +79,38 @@ def test_a_score_from_a_batch_stands_in_for_the_judge():
     assert off.input_judgement(["x"]) is None and off.output_judgement("q", PAYLOAD_REPLY) is None
 
 
+
+def test_the_guardrail_deployment_judges_a_batch_of_checks_in_one_forward():
+    """The ingress sends the checks that arrive together as one call: one judge forward for the pairs that need a
+    score, each verdict in its request's place."""
+    import asyncio
+
+    from actors.serving import Guardrail as Deployment
+
+    deployment = Deployment.func_or_class({"harm_judge": ORACLE, "input_harm": "block", "output_harm": "block",
+                                           "pii": "redact"}, "cpu")
+    forwards = []
+
+    class Recording(OracleJudge):
+        def probabilities(self, prompts, texts):
+            forwards.append(len(texts))
+            return super().probabilities(prompts, texts)
+
+    deployment.checks.judge = Recording()
+    replies = [("q", "Answer: 4", True), ("q", "", False), ("q", PAYLOAD_REPLY, True),
+               ("q", "Mail jane.doe@example.org", True)]
+    outputs = asyncio.run(deployment.check_outputs(replies))
+    assert forwards == [3]  # the empty reply so far has nothing to judge
+    assert [verdict["blocked"] for verdict in outputs] == [False, False, True, False]
+    assert outputs[0]["text"] == "Answer: 4" and outputs[1]["text"] == ""
+    assert outputs[3]["text"] == "Mail [REDACTED:EMAIL]" and outputs[3]["found"] == ["email"]
+    inputs = asyncio.run(deployment.check_inputs([(["What is 2 plus 2?"], ["be brief", "What is 2 plus 2?"]),
+                                                  ([f"Continue this: {PAYLOAD_REPLY}"], ["call 555-123-4567"])]))
+    assert forwards == [3, 2]
+    assert [verdict["blocked"] for verdict in inputs] == [False, True]
+    assert inputs[0]["messages"] == ["be brief", "What is 2 plus 2?"]
+    assert inputs[1]["messages"] == ["call [REDACTED:PHONE]"]
+
 def test_pii_policies():
     text = "Mail me at jane.doe@example.org"
     redacted = oracle_guardrail(pii="redact").check_output("q", text)

@@ -26,8 +26,8 @@ class BatchingSettings(Config):
     enabled: bool = Field(True, description="false: batches of one request (two in flight per replica).")
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=10, description="How long a batch waits to fill up.")
-    guardrail_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="How long the guardrail's batch of "
-                                                                             "harm-judge calls waits to fill up "
+    guardrail_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="How long the ingress gathers "
+                                                                             "guardrail checks into one call "
                                                                              "(each request makes two).")
 
 
