@@ -41,8 +41,11 @@ def common(model, world, tmp_path) -> list[str]:
 
 
 def safesteer_config(model, world, tmp_path, *overrides: str) -> SafeSteerConfig:
+    # The random tiny model refuses none of its prompts, so the shipped contrast (refused vs answered) has one
+    # side; the harmful-vs-harmless one runs the same pipeline.
     return load_config(SafeSteerConfig, CONFIGS / "safesteer.yaml", [
-        *common(model, world, tmp_path), "direction.harmful=5", "direction.harmless=8",
+        *common(model, world, tmp_path), "direction.contrast=harmful_vs_harmless", "direction.harmful=5",
+        "direction.harmless=8",
         "direction.selection_prompts=4", "direction.scales=[1.0, 4.0]", "direction.max_kl=100",
         "voting.prompts=4", "voting.min_gain=0.0", "voting.max_new_tokens=4", "harmful.count=8",
         "harmful.per_step=4", "harmful.max_new_tokens=4", "student.steps=3", *overrides])
