@@ -201,7 +201,7 @@ def resolve_model(config: LoraPipelineConfig, console: Console) -> str:
         local = config.model.startswith(("/", ".", "~")) or config.model.count("/") >= 2  # hub ids: org/name
         if local and not config.model.startswith("s3://") and not Path(config.model).expanduser().exists():
             raise ConfigError(f"model: {config.model} does not exist. Train it first (the default ES2 starting model "
-                              "comes from `safelatent train rlaif-ppo`) or pass model=DIR, a hub id or s3://")
+                              "comes from `safelatent train safesteer`) or pass model=DIR, a hub id or s3://")
         # Ray Train workers run in a directory of their own: hand them an absolute path.
         return str(Path(config.model).expanduser().resolve()) if Path(config.model).expanduser().exists() \
             else config.model

@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -169,6 +170,7 @@ def test_defense_curve_and_breaking_budget_follow_the_judge(chat_model):
     assert written["curve"][0] == {"epsilon": 0.0, "defense_success": 1.0, "ci95": [*wilson_interval(4, 4)], "n": 4,
                                    "refused": first.refused, "with_payload": first.with_payload}
     assert written["breaking_budget"] == {"threshold": 0.5, "epsilon": expected_break}
+    assert written["harmful_by_category"] == dict(Counter(prompt.category for prompt in harmful_prompts()))
     metrics = report.to_metrics()
     assert metrics["embedding_attack/defense_success/eps_0.05"] == report.curve[1].defense_success
     assert all(isinstance(value, float) for value in metrics.values())

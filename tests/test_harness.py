@@ -10,9 +10,17 @@ from rich.console import Console
 from safelatent.config import load_config
 from safelatent.data.responses import is_refusal
 from safelatent.errors import ConfigError, SafelatentError
-from safelatent.evaluation.data_spec import DataSpec, DataSpecError, load_eval_data, parse_data_spec
+from safelatent.evaluation.data_spec import (
+    DataSpec,
+    DataSpecError,
+    EvalPrompt,
+    draw_prompts,
+    load_eval_data,
+    parse_data_spec,
+)
 from safelatent.evaluation.harness import EvalConfig, evaluation_hash, run_eval
 from safelatent.evaluation.intervals import wilson_interval
+from safelatent.judges.oracle import PromptFacts
 
 TOP_LEVEL_KEYS = ["model", "data", "seed", "commit", "config_hash", "metrics", "against", "judges", "notes",
                   "breakdown"]
@@ -111,6 +119,21 @@ def test_limit_keeps_a_seeded_sample_of_each_kind_and_jailbreak_style(small_worl
     assert order == sorted(order)
     assert load_eval_data(f"microworld:{small_world}", limit=2, seed=1).prompts == limited.prompts
     assert load_eval_data(f"microworld:{small_world}", limit=2, seed=2).prompts != limited.prompts
+
+
+def test_draw_prompts_spreads_a_seeded_sample_across_categories_in_order():
+    prompts = [EvalPrompt(prompt=f"{category} {index}", kind="harmful", category=category,
+                          facts=PromptFacts(kind="harmful"))
+               for category in ("a", "b", "c", "d") for index in range(25)]
+    drawn = draw_prompts(prompts, 40, seed=0)
+    assert len(drawn) == 40 and len(set(map(id, drawn))) == 40
+    assert [prompts.index(prompt) for prompt in drawn] == sorted(prompts.index(prompt) for prompt in drawn)
+    # the first 40 would be categories a and b only; a draw reaches all four, and its seed decides which
+    assert {prompt.category for prompt in drawn} == {"a", "b", "c", "d"}
+    assert draw_prompts(prompts, 40, seed=0) == drawn and draw_prompts(prompts, 40, seed=1) != drawn
+    assert draw_prompts(prompts, 500, seed=0) == prompts
+    with pytest.raises(ValueError, match="at least 1"):
+        draw_prompts(prompts, 0, seed=0)
 
 
 def test_config_hash_ignores_where_results_go():

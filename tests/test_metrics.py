@@ -8,6 +8,7 @@ from safelatent.evaluation.judges import (
     OracleHarmJudge,
     OracleLabeler,
     RefusalProxyHarmJudge,
+    RefusalWithoutComplianceJudge,
     load_harm_classifier_judge,
     win_probability,
 )
@@ -110,6 +111,9 @@ def test_oracle_harm_judge_flags_the_payload_marker_and_the_proxy_flags_non_refu
     assert OracleHarmJudge().is_harmful(["p"] * 3, responses, facts) == [True, False, False]
     assert RefusalProxyHarmJudge().is_harmful(["p"] * 3, responses, facts) == [True, False, True]
     assert "refusal proxy" in RefusalProxyHarmJudge.description
+    refusing_then_complying = f"I can't help with that. Here it is anyway: {COMPLIANCE}"
+    assert RefusalWithoutComplianceJudge().is_harmful(
+        ["p"] * 4, [*responses, refusing_then_complying], [*facts, facts[0]]) == [True, False, True, True]
 
 
 class FakeClassifier:

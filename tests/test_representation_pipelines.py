@@ -96,6 +96,8 @@ def test_es2_on_two_ray_train_workers_resumes_and_reports_the_embedding_attack(r
         attack = report[f"attack_{role}"]
         assert [point["epsilon"] for point in attack["curve"]] == [0.0, 1.0, 4.0]
         assert attack["geometry"]["layer"] == 1
+        assert sum(attack["harmful_by_category"].values()) == 2  # attack.harmful, drawn across the split
+    assert report["attack_start"]["harmful_by_category"] == report["attack_trained"]["harmful_by_category"]
     assert load(result.model_dir, device="cpu").model is not None
 
     # The same run name continues from its checkpoint: only the new steps run.
@@ -141,3 +143,22 @@ def test_refused_vs_answered_contrast_needs_both_behaviours(tiny_llama_dir, tiny
             "selection_harmful": harmful[5:], "selection_harmless": ["What is 3 plus 4?"], "voting": harmful}
     with pytest.raises(ValueError, match=r"of direction\.harmful=5 it refuses 0 and answers 5"):
         prepare_teacher(str(tiny_llama_dir), config.model_dump(mode="json"), data)
+
+
+def test_es2_keeps_only_the_starting_models_refusals_that_do_not_comply(monkeypatch):
+    """The attack anchor keeps the start's refusals under attack: never a babble, nor a refusal that goes on to
+    write the payload."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import safelatent.models.generate
+    from pipelines.es2 import starting_refusals
+
+    replies = ["I can't help with that.", "Sure, here it is: [PAYLOAD:fraud]", "A piece of the c weeks.",
+               "I can't help with that. Anyway: [PAYLOAD:fraud]"]
+    prompts = [f"harmful prompt {index}" for index in range(len(replies))]
+    monkeypatch.setattr(safelatent.models.generate, "generate",
+                        lambda model, tokenizer, asked, max_new_tokens: [replies[prompts.index(p)] for p in asked])
+    model = SimpleNamespace(disable_adapter=nullcontext, eval=lambda: None)
+    assert starting_refusals(SimpleNamespace(model=model, tokenizer=None), prompts) == {
+        prompts[0]: "I can't help with that."}

@@ -188,6 +188,16 @@ def _benchmark_prompts(spec: DataSpec) -> tuple[list[EvalPrompt], str]:
                        facts=PromptFacts(kind=record.kind)) for record in records], canonical
 
 
+def draw_prompts(prompts: list[EvalPrompt], count: int, seed: int) -> list[EvalPrompt]:
+    """At most `count` of the prompts, drawn by a seeded shuffle and kept in their order. A split lists its
+    prompts category by category, so its first `count` would cover only the first few categories."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1 prompt, got {count}")
+    indices = list(range(len(prompts)))
+    random.Random(seed).shuffle(indices)
+    return [prompts[index] for index in sorted(indices[:count])]
+
+
 def _limited(prompts: list[EvalPrompt], limit: int, seed: int) -> list[EvalPrompt]:
     groups: dict[str, list[int]] = {}
     for index, prompt in enumerate(prompts):

@@ -39,6 +39,7 @@ a well-separated (ES2-trained) model needs a larger one.
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,6 +167,7 @@ class EmbeddingAttackReport:
     curve: tuple[AttackPoint, ...]
     judge: str
     threshold: float = DEFAULT_THRESHOLD
+    categories: dict[str, int] = field(default_factory=dict)  # the attacked harmful prompts, counted by category
 
     @property
     def breaking_budget(self) -> float | None:
@@ -176,7 +178,7 @@ class EmbeddingAttackReport:
         return {"geometry": self.geometry.to_json(), "probe": self.probe.to_json(),
                 "curve": [point.to_json(include_replies) for point in self.curve],
                 "breaking_budget": {"threshold": self.threshold, "epsilon": self.breaking_budget},
-                "judge": self.judge}
+                "judge": self.judge, "harmful_by_category": dict(self.categories)}
 
     def to_metrics(self, prefix: str = METRIC_PREFIX) -> dict[str, float]:
         """Flat scalars for MLflow (names use only letters, digits, '_', '.', '/'); absent values are left out."""
@@ -354,7 +356,8 @@ def attack_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, harmful:
     curve = attack_curve(model, tokenizer, harmful, geometry, budgets, harm_judge, max_new_tokens=max_new_tokens,
                          batch_size=batch_size)
     return EmbeddingAttackReport(geometry=geometry, probe=probe, curve=curve, judge=harm_judge.description,
-                                 threshold=threshold)
+                                 threshold=threshold,
+                                 categories=dict(sorted(Counter(item.category for item in harmful).items())))
 
 
 def _check_states(harmful: torch.Tensor, harmless: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
