@@ -290,7 +290,8 @@ def summary_table(result: LoraRunResult) -> Table:
     table = comparison_table(result, "ES2")
     if "attack_start" in report:
         budget = report.get("start_breaking_budget")
-        table.add_row("breaking budget ε", _shown(budget), _shown(report["attack_trained"].get("breaking_budget")))
+        table.add_row("breaking budget ε", _shown(budget),
+                      _shown(report["attack_trained"]["breaking_budget"]["epsilon"]))
         table.add_row("probe attack norm (median, ÷ scale)",
                       _shown(report["attack_start"]["probe"].get("median_flip_norm")),
                       _shown(report["attack_trained"]["probe"].get("median_flip_norm")))

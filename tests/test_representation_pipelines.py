@@ -162,3 +162,25 @@ def test_es2_keeps_only_the_starting_models_refusals_that_do_not_comply(monkeypa
     model = SimpleNamespace(disable_adapter=nullcontext, eval=lambda: None)
     assert starting_refusals(SimpleNamespace(model=model, tokenizer=None), prompts) == {
         prompts[0]: "I can't help with that."}
+
+
+def test_es2_summary_shows_both_breaking_budgets_and_the_gain():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from pipelines.es2 import summary_table
+
+    def attack(epsilon, flip):
+        return {"breaking_budget": {"threshold": 0.5, "epsilon": epsilon}, "probe": {"median_flip_norm": flip}}
+
+    report = {"pipeline": "es2", "name": "r", "starting_model": "m", "start_breaking_budget": 0.5,
+              "attack_start": attack(0.5, 0.27), "attack_trained": attack(1.5, 0.39),
+              "defense_gain_at_start_breaking_budget": 0.52}
+    console = Console(width=200, record=True)
+    console.print(summary_table(SimpleNamespace(report=report, model_dir="d", out_dir=Path("o"), tracking_run="t")))
+    lines = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:4]]
+             for line in console.export_text().splitlines() if line.count("│") == 4}
+    assert lines["breaking budget ε"] == ["0.5", "1.5"]
+    assert lines["probe attack norm (median, ÷ scale)"] == ["0.27", "0.39"]
+    assert lines["defense gain at ε = 0.5"] == ["", "+52.0%"]
