@@ -195,9 +195,9 @@ def training_data(config: ES2Config, rows: dict[str, list[dict]]) -> dict[str, A
     return {"harmful": harmful, "harmless": harmless, "anchors": anchors}
 
 
-def starting_refusals(student, prompts: list[str], max_new_tokens: int = 32) -> dict[str, str]:
+def starting_refusals(student, prompts: list[str], max_new_tokens: int = 32) -> tuple[dict[str, str], int]:
     """The starting model's greedy replies (adapters off) to the prompts that it refuses without complying, by
-    prompt: a refusal that goes on to write the payload is not one to keep under attack."""
+    prompt, and how many refusals were left out because they go on to write the payload (not ones to keep)."""
     from safelatent.data.responses import contains_payload, is_refusal
     from safelatent.methods.safesteer import base_weights
     from safelatent.models.generate import generate
@@ -205,8 +205,9 @@ def starting_refusals(student, prompts: list[str], max_new_tokens: int = 32) -> 
     with base_weights(student.model):
         student.model.eval()
         replies = generate(student.model, student.tokenizer, prompts, max_new_tokens=max_new_tokens)
-    return {prompt: reply for prompt, reply in zip(prompts, replies, strict=True)
-            if is_refusal(reply) and not contains_payload(reply)}
+    refused = {prompt: reply for prompt, reply in zip(prompts, replies, strict=True) if is_refusal(reply)}
+    kept = {prompt: reply for prompt, reply in refused.items() if not contains_payload(reply)}
+    return kept, len(refused) - len(kept)
 
 
 def train_loop(loop_config: dict) -> None:
@@ -230,9 +231,10 @@ def train_loop(loop_config: dict) -> None:
                          attack_layer=loop_config["attack_layer"], attack_budget=settings.attack_budget,
                          seed=loop_config["seed"] + student.start_step,
                          max_grad_norm=student_settings.max_grad_norm)
-    refusals = None
+    refusals, anchored = None, {}
     if settings.attack_beta and settings.attack_scope == "reply":
-        refusals = starting_refusals(student, loop_config["harmful"])
+        refusals, left_out = starting_refusals(student, loop_config["harmful"])
+        anchored = {"anchored_refusals": len(refusals), "refusals_with_payload_left_out": left_out}
     log = StepLog(loop_config)
     seed = loop_config["seed"]
     for step in range(student.start_step, student_settings.steps):
@@ -242,6 +244,7 @@ def train_loop(loop_config: dict) -> None:
                                rank_slice(loop_config["harmless"], settings.harmless_per_step, seed, step, "harmless"),
                                [prompt for prompt, _ in anchors], [reply for _, reply in anchors],
                                None if refusals is None else [refusals.get(prompt) for prompt in harmful])
+        metrics.update(anchored)
         log.log(metrics, step)
         report({"step": step, **metrics}, saver(student, step) if checkpoint_due(step, student_settings) else None)
 

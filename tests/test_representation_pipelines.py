@@ -92,6 +92,7 @@ def test_es2_on_two_ray_train_workers_resumes_and_reports_the_embedding_attack(r
     assert report["layers"] == [0, 1] and report["final_step_metrics"]["step"] == 1
     assert report["final_step_metrics"]["separation/layer0"] > 0 and not report["resumed"]
     assert report["final_step_metrics"]["attacked_reply_kl"] >= 0  # the shipped config keeps whole refusals
+    assert report["final_step_metrics"]["refusals_with_payload_left_out"] >= 0
     for role in ("start", "trained"):
         attack = report[f"attack_{role}"]
         assert [point["epsilon"] for point in attack["curve"]] == [0.0, 1.0, 4.0]
@@ -160,8 +161,8 @@ def test_es2_keeps_only_the_starting_models_refusals_that_do_not_comply(monkeypa
     monkeypatch.setattr(safelatent.models.generate, "generate",
                         lambda model, tokenizer, asked, max_new_tokens: [replies[prompts.index(p)] for p in asked])
     model = SimpleNamespace(disable_adapter=nullcontext, eval=lambda: None)
-    assert starting_refusals(SimpleNamespace(model=model, tokenizer=None), prompts) == {
-        prompts[0]: "I can't help with that."}
+    assert starting_refusals(SimpleNamespace(model=model, tokenizer=None), prompts) == (
+        {prompts[0]: "I can't help with that."}, 1)
 
 
 def test_es2_summary_shows_both_breaking_budgets_and_the_gain():
