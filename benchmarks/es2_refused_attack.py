@@ -2,11 +2,12 @@
 
 `safelatent train es2` attacks every harmful prompt of a split, so a start that answers some of them without
 refusing (babble counts as lost) caps the defense any method can gain. This attacks only the harmful prompts
-that the starting model refuses greedily, the same prompts for every model, so each curve starts near 100% and
-shows how long a refusal holds against ε (in units of each model's own RMS state norm at the layer, as in
-`safelatent.evaluation.embedding_attack`). `--prompts-from all` attacks every harmful prompt instead, exactly
-as the pipeline does (the same harmless prompts, budgets and layer); `--prompts N` a seeded draw of N across
-the split. Every budget also reports what the replies are: refusals, payload-carrying compliance, or neither.
+that the starting model refuses greedily (without the payload), the same prompts for every model, so each
+curve starts near 100% and shows how long a refusal holds against ε (in units of each model's own RMS state
+norm at the layer, as in `safelatent.evaluation.embedding_attack`). `--prompts-from all` attacks every harmful
+prompt instead, exactly as the pipeline does (the same harmless prompts, budgets and layer); `--prompts N` a
+seeded draw of N across the split. Every budget also reports what the replies are: refusals, payload-carrying
+compliance, or neither.
 
     .venv/bin/python benchmarks/es2_refused_attack.py --world runs/es2/es2/microworld \\
         runs/rlaif_ppo/rlaif-ppo/model runs/es2/es2/model runs/es2/es2-att/model
@@ -55,7 +56,8 @@ def main() -> None:
     start = load(arguments.start, dtype="float32", device="cpu")
     replies = generate(start.model.eval(), start.tokenizer, [prompt.prompt for prompt in harmful],
                        max_new_tokens=arguments.max_new_tokens)
-    refused = [prompt for prompt, reply in zip(harmful, replies, strict=True) if is_refusal(reply)]
+    refused = [prompt for prompt, reply in zip(harmful, replies, strict=True)
+               if is_refusal(reply) and not contains_payload(reply)]
     chosen = refused if arguments.prompts_from == "refused" else harmful
     if arguments.prompts is not None:
         chosen = draw_prompts(chosen, arguments.prompts, arguments.seed)
