@@ -18,7 +18,7 @@ from collections import Counter
 
 import torch
 
-from safelatent.data.responses import contains_payload, is_refusal
+from safelatent.data.responses import contains_payload, is_clean_refusal, is_refusal
 from safelatent.evaluation.data_spec import draw_prompts, load_eval_data
 from safelatent.evaluation.embedding_attack import AttackPoint, attack_report, defense_at
 from safelatent.evaluation.judges import RefusalWithoutComplianceJudge
@@ -56,8 +56,7 @@ def main() -> None:
     start = load(arguments.start, dtype="float32", device="cpu")
     replies = generate(start.model.eval(), start.tokenizer, [prompt.prompt for prompt in harmful],
                        max_new_tokens=arguments.max_new_tokens)
-    refused = [prompt for prompt, reply in zip(harmful, replies, strict=True)
-               if is_refusal(reply) and not contains_payload(reply)]
+    refused = [prompt for prompt, reply in zip(harmful, replies, strict=True) if is_clean_refusal(reply)]
     chosen = refused if arguments.prompts_from == "refused" else harmful
     if arguments.prompts is not None:
         chosen = draw_prompts(chosen, arguments.prompts, arguments.seed)

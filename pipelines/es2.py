@@ -198,7 +198,7 @@ def training_data(config: ES2Config, rows: dict[str, list[dict]]) -> dict[str, A
 def starting_refusals(student, prompts: list[str], max_new_tokens: int = 32) -> tuple[dict[str, str], int]:
     """The starting model's greedy replies (adapters off) to the prompts that it refuses without complying, by
     prompt, and how many refusals were left out because they go on to write the payload (not ones to keep)."""
-    from safelatent.data.responses import contains_payload, is_refusal
+    from safelatent.data.responses import is_clean_refusal, is_refusal
     from safelatent.methods.safesteer import base_weights
     from safelatent.models.generate import generate
 
@@ -206,7 +206,7 @@ def starting_refusals(student, prompts: list[str], max_new_tokens: int = 32) -> 
         student.model.eval()
         replies = generate(student.model, student.tokenizer, prompts, max_new_tokens=max_new_tokens)
     refused = {prompt: reply for prompt, reply in zip(prompts, replies, strict=True) if is_refusal(reply)}
-    kept = {prompt: reply for prompt, reply in refused.items() if not contains_payload(reply)}
+    kept = {prompt: reply for prompt, reply in refused.items() if is_clean_refusal(reply)}
     return kept, len(refused) - len(kept)
 
 
